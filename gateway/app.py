@@ -1,0 +1,182 @@
+"""The gateway application: dispatch each request to a gateway endpoint or a route's chain.
+
+    request -> target normalised -> gateway endpoint? -> edge chain -> endpoint handler
+                                 -> route matched?    -> route chain -> Forwarder -> instance
+                                 -> neither           -> edge chain -> 404 envelope
+    chain's Reply (or the GatewayError it raised, rendered once) -> write_reply -> finish hooks
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.admin import admin_endpoints
+from gateway.config.loader import load_registry
+from gateway.config.schema import RegistryConfig
+from gateway.config.settings import Settings
+from gateway.errors import BadRequest, Forbidden, GatewayError, InternalError, NotFound
+from gateway.exchange import Exchange, Reply
+from gateway.headers import client_address, in_networks, upstream_request_headers
+from gateway.keys import GATEWAY_KEY
+from gateway.middleware.base import Handler
+from gateway.paths import Target, split_target
+from gateway.proxy import Forwarder, open_upstream_session, write_reply
+from gateway.reload import RegistryWatcher, ReloadStatus
+from gateway.resources import Resources
+from gateway.routing import RouteTable, build_table
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """Owns the live route table and handles every request of the process."""
+
+    def __init__(self, settings: Settings, registry_path: str | Path, resources: Resources | None = None) -> None:
+        self.registry_path = Path(registry_path)
+        self.resources = resources or Resources(settings)
+        self.forward = Forwarder(self.resources)
+        self.endpoints = admin_endpoints(self)
+        config = load_registry(self.registry_path)
+        self.table: RouteTable = build_table(config, self.resources, self.forward, revision=1)
+        self.resources.metrics.config_revision.set(1)
+        self.watcher = RegistryWatcher(
+            self.registry_path,
+            current_digest=config.digest,
+            current_revision=1,
+            apply=self.apply,
+            report=self._record_reload,
+            interval=settings.reload_interval,
+        )
+
+    def apply(self, config: RegistryConfig) -> int:
+        """Swap in a new table; requests already running keep the one they started with."""
+        revision = self.table.revision + 1
+        self.table = build_table(config, self.resources, self.forward, revision, previous=self.table)
+        self.resources.metrics.config_revision.set(revision)
+        return revision
+
+    def _record_reload(self, status: ReloadStatus) -> None:
+        self.resources.reload_status = status
+        self.resources.metrics.config_reloads.labels("ok" if status.ok else "failed").inc()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        table = self.table
+        options = table.config.gateway
+        peer = request.remote
+        client_ip = peer or "unknown"
+        if options.trusted_proxies:
+            client_ip = client_address(peer, request.headers.getall("X-Forwarded-For", ()), options.trusted_proxies)
+        exchange = Exchange(request, client_ip)
+        chain: Handler = table.edge_chain
+        try:
+            target = _request_target(request)
+            endpoint = self.endpoints.get(target.path)
+            if endpoint is not None:
+                if options.admin_networks and not in_networks(client_ip, options.admin_networks):
+                    raise Forbidden("This endpoint is not open to your network")
+                exchange.terminal = endpoint
+            else:
+                route = table.match(target.path)
+                if route is None:
+                    raise NotFound(f"No route for {target.path}")
+                exchange.route = route
+                exchange.service = route.service.name
+                exchange.upstream_path = _upstream_path(target, route.config.options.strip_prefix)
+                exchange.upstream_headers = upstream_request_headers(
+                    request.headers,
+                    client_ip=client_ip,
+                    scheme=request.scheme,
+                    service=route.service.name,
+                    body_length=request.content_length,
+                )
+                chain = route.chain
+        except GatewayError as error:
+            exchange.terminal = _raiser(error)
+
+        try:
+            reply = await chain(exchange)
+        except GatewayError as error:
+            reply = exchange.error_reply(error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error while handling %s %s", request.method, request.path)
+            reply = exchange.error_reply(InternalError())
+        try:
+            return await write_reply(request, exchange, reply)
+        finally:
+            for hook in exchange.finish_hooks:
+                try:
+                    hook(exchange)
+                except Exception:
+                    log.exception("a finish hook failed")
+
+
+def _request_target(request: web.BaseRequest) -> Target:
+    raw = request.raw_path
+    if not raw.startswith("/"):
+        if request.url.is_absolute() and request.rel_url.raw_path.startswith("/"):
+            raw = request.rel_url.raw_path_qs  # absolute-form target: route on its path
+        else:
+            raise BadRequest("Unsupported request target")
+    return split_target(raw)
+
+
+def _upstream_path(target: Target, strip: str) -> str:
+    path = target.encoded[len(strip):] if strip else target.encoded
+    if not path.startswith("/"):
+        path = "/" + path
+    return f"{path}?{target.query}" if target.query else path
+
+
+def _raiser(error: GatewayError) -> Handler:
+    async def raise_error(exchange: Exchange) -> Reply:
+        raise error
+
+    return raise_error
+
+
+@web.middleware
+async def _envelope_for_router_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Requests aiohttp's router itself refuses (a target like `*`) still get the error envelope."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        exchange = Exchange(request, request.remote or "unknown")
+        error = GatewayError(exc.reason)
+        error.status = exc.status
+        return await write_reply(request, exchange, exchange.error_reply(error))
+
+
+def create_app(gw: Gateway) -> web.Application:
+    app = web.Application(middlewares=[_envelope_for_router_errors], handler_args={"max_field_size": 8190})
+    app[GATEWAY_KEY] = gw
+    app.router.add_route("*", "/{tail:.*}", gw.handle)
+    app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_registry_watcher)
+    return app
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY_KEY]
+    gw.resources.session = open_upstream_session()
+    yield
+    await gw.resources.session.close()
+    gw.resources.session = None
+
+
+async def _registry_watcher(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[GATEWAY_KEY].watcher.run(), name="registry-watcher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,99 @@
+"""The `kadai` command: `kadai gateway`, `kadai check`, `kadai token`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway.config.errors import ConfigError
+from gateway.config.loader import load_registry
+from gateway.config.settings import Settings, load_settings
+from gateway.logs import configure_logging
+
+log = logging.getLogger("gateway.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kadai", description="Kadai Gateway and platform tools.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gateway = commands.add_parser("gateway", help="run the API gateway")
+    gateway.add_argument("--registry", help="registry file (default: $KADAI_REGISTRY or ./registry.yaml)")
+    gateway.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    gateway.add_argument("--port", type=int, default=4000, help="port to listen on (default: 4000)")
+    gateway.add_argument("--workers", type=_positive, default=1, help="worker processes sharing the port (default: 1)")
+    gateway.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for workers)")
+
+    check = commands.add_parser("check", help="validate a registry file")
+    check.add_argument("path", nargs="?", default=None, help="registry file (default: ./registry.yaml)")
+
+    token = commands.add_parser("token", help="print a signed development JWT (refused in production)")
+    token.add_argument("--sub", required=True, help="subject: the user ID")
+    token.add_argument("--role", required=True, help="role claim, e.g. seller, admin, service")
+    token.add_argument("--ttl", type=_positive, default=3600, help="lifetime in seconds (default: 3600)")
+    token.add_argument("--email", help="email claim")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"kadai: {exc.render()}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        return _check(args.path or settings.registry_path)
+    if args.command == "token":
+        return _token(settings, args)
+    return _gateway(settings, args)
+
+
+def _check(path: str) -> int:
+    try:
+        config = load_registry(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    instances = sum(len(service.instances) for service in config.services.values())
+    print(f"{path}: OK ({len(config.services)} services, {len(config.routes)} routes, {instances} instances)")
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.tokens import TokenRefused, mint_token
+
+    try:
+        print(mint_token(settings, args.sub, args.role, ttl=args.ttl, email=args.email))
+    except TokenRefused as exc:
+        print(f"kadai token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import server
+
+    configure_logging(settings.log_level)
+    registry = args.registry or settings.registry_path
+    try:
+        load_registry(registry)  # fail before binding, with the file's own errors
+    except ConfigError as exc:
+        log.error("cannot start: invalid registry", extra={"fields": {"error": exc.render()}})
+        print(exc.render(), file=sys.stderr)
+        return 1
+    if args.workers > 1:
+        return server.run_workers(settings, registry, args.host, args.port, args.workers)
+    try:
+        return server.run_single(settings, registry, args.host, args.port, reuse_port=args.reuse_port)
+    except OSError as exc:
+        log.error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return 1

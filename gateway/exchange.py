@@ -1,0 +1,95 @@
+"""Per-request state shared by the dispatcher, the middleware chain and the response writer."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.envelope import error_body, success_body
+from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.middleware.base import Handler
+    from gateway.routing import Instance, Route
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+SERVER = "kadai-gateway"
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the chain answers: a complete body made by the gateway, or an upstream response to stream."""
+
+    status: int
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    body: bytes = b""
+    upstream: aiohttp.ClientResponse | None = None
+
+
+class Exchange:
+    """One client request on its way through the gateway."""
+
+    __slots__ = (
+        "request",
+        "started",
+        "route",
+        "service",
+        "request_id",
+        "client_ip",
+        "upstream_path",
+        "upstream_headers",
+        "response_headers",
+        "terminal",
+        "instance",
+        "status",
+        "bytes_sent",
+        "failure",
+        "finish_hooks",
+        "state",
+    )
+
+    def __init__(self, request: web.BaseRequest, client_ip: str) -> None:
+        self.request = request
+        self.started = time.perf_counter()
+        self.route: Route | None = None
+        self.service = "gateway"
+        """Service label for logs and metrics: the route's service, or "gateway" for everything else."""
+        self.request_id: str | None = None
+        self.client_ip = client_ip
+        self.upstream_path = ""
+        """Encoded path and query sent to the instance."""
+        self.upstream_headers: CIMultiDict[str] | None = None
+        """Headers for the upstream request; None when the request is not proxied."""
+        self.response_headers: list[tuple[str, str]] = []
+        """Headers added to whatever reply the client gets, errors included."""
+        self.terminal: Handler | None = None
+        self.instance: Instance | None = None
+        self.status = 0
+        self.bytes_sent = 0
+        self.failure: str | None = None
+        """Why the exchange broke after the reply started (upstream reset, client gone), for the logs."""
+        self.finish_hooks: list[Callable[[Exchange], None]] = []
+        self.state: dict[str, Any] = {}
+        """Free space for third-party middleware."""
+
+    def on_finish(self, hook: Callable[[Exchange], None]) -> None:
+        """Call hook(exchange) once the reply has been written (or failed), errors included."""
+        self.finish_hooks.append(hook)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def json_reply(self, status: int, data: Any, message: str | None = None) -> Reply:
+        headers = CIMultiDict({"Content-Type": JSON_CONTENT_TYPE, "Server": SERVER})
+        return Reply(status, headers, success_body(data, self.request_id, message))
+
+    def error_reply(self, error: GatewayError) -> Reply:
+        headers = CIMultiDict({"Content-Type": JSON_CONTENT_TYPE, "Server": SERVER})
+        headers.update(error.headers)
+        return Reply(error.status, headers, error_body(error.status, error.message, self.request_id, error.details))

@@ -1,0 +1,123 @@
+"""Header hygiene for a reverse proxy (RFC 9110 section 7.6): what crosses the gateway and what does not."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Network, IPv6Network, ip_address
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+# Set by the gateway itself; a client's copy is never forwarded as truth.
+GATEWAY_ASSERTED = frozenset(
+    {
+        "host",
+        "content-length",
+        "expect",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "x-request-id",
+        "x-gateway-service",
+        "x-user-id",
+        "x-user-role",
+    }
+)
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names listed in Connection: they are hop-by-hop for this message only."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
+
+
+def _hop_by_hop(name: str, named: frozenset[str]) -> bool:
+    lowered = name.lower()
+    return lowered in HOP_BY_HOP or lowered in named or lowered.startswith("proxy-")
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    client_ip: str,
+    scheme: str,
+    service: str,
+    body_length: int | None,
+) -> CIMultiDict[str]:
+    """Headers sent to the instance: end-to-end client headers plus the gateway's forwarding headers."""
+    named = connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if name.lower() in GATEWAY_ASSERTED or _hop_by_hop(name, named):
+            continue
+        out.add(name, value)
+    # A Connection header that names Content-Length must not strip the framing of the body we send.
+    if body_length is not None:
+        out["Content-Length"] = str(body_length)
+    previous = ", ".join(incoming.getall("X-Forwarded-For", ())) if "x-forwarded-for" not in named else ""
+    out["X-Forwarded-For"] = f"{previous}, {client_ip}" if previous else client_ip
+    out["X-Forwarded-Proto"] = scheme
+    host = incoming.get("Host")
+    if host:
+        out["X-Forwarded-Host"] = host
+    out["X-Gateway-Service"] = service
+    return out
+
+
+def client_response_headers(upstream: CIMultiDictProxy[str], status: int) -> CIMultiDict[str]:
+    """Headers of the upstream response passed to the client, minus hop-by-hop ones."""
+    named = connection_tokens(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if _hop_by_hop(name, named):
+            continue
+        if status in _NO_BODY_STATUSES and name.lower() == "content-length":
+            continue
+        out.add(name, value)
+    return out
+
+
+def client_address(
+    peer: str | None, forwarded_for: Iterable[str], trusted: tuple[IPv4Network | IPv6Network, ...]
+) -> str:
+    """The client's address: the peer, unless the peer is a trusted proxy, then the nearest untrusted hop."""
+    address = peer or "unknown"
+    if not trusted or not in_networks(address, trusted):
+        return address
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not in_networks(hop, trusted):
+            return hop if _is_ip(hop) else address
+    return address
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def in_networks(text: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    """Whether an address given as text lies in any of the networks (False when it is not an address)."""
+    try:
+        address = ip_address(text)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)

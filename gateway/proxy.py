@@ -1,0 +1,165 @@
+"""The proxy core: forward a routed request to an instance, and write any Reply back to the client.
+
+Bodies stream in both directions; nothing larger than a socket read sits in memory.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from gateway.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
+from gateway.exchange import Exchange, Reply
+from gateway.headers import client_response_headers
+from gateway.resources import Resources
+
+log = logging.getLogger("gateway.proxy")
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_BODY_TOO_LARGE = "body_too_large"
+
+
+def open_upstream_session(pool_size: int = 1000) -> aiohttp.ClientSession:
+    """The process's one upstream session: keep-alive pool, no cookies, no redirects, bytes untouched."""
+    connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=0, keepalive_timeout=30.0)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # the body goes to the client exactly as the instance encoded it
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Never add headers the client did not send (an added Accept-Encoding would get it gzip it cannot read).
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),  # every request passes its route's timeouts
+        trust_env=False,
+    )
+
+
+class Forwarder:
+    """Terminal handler of every route's chain: send the request to one instance of the route's service."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+
+    async def __call__(self, exchange: Exchange) -> Reply:
+        route = exchange.route
+        assert route is not None and exchange.upstream_headers is not None
+        service = route.service
+        instance = service.pick()
+        if instance is None:
+            raise ServiceUnavailable(
+                f"No healthy instance of {service.name}", details={"service": service.name}
+            )
+        request = exchange.request
+        max_body = route.config.options.max_body_size
+        length = request.content_length
+        if length is not None and length > max_body:
+            raise PayloadTooLarge(details={"limit": max_body, "received": length})
+        body: AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            body = _capped_body(request.content, max_body, exchange)
+
+        session = self.resources.session
+        assert session is not None, "the upstream session opens with the app"
+        metrics = self.resources.metrics
+        exchange.instance = instance
+        instance.in_flight += 1
+        exchange.on_finish(_release_instance)
+        started = time.perf_counter()
+        try:
+            response = await session.request(
+                request.method,
+                URL(instance.url + exchange.upstream_path, encoded=True),
+                headers=exchange.upstream_headers,
+                data=body,
+                timeout=route.timeout,
+                allow_redirects=False,
+            )
+        except asyncio.TimeoutError as exc:
+            metrics.upstream_errors.labels(service.name, "timeout").inc()
+            raise GatewayTimeout(details={"service": service.name}) from exc
+        except aiohttp.ClientError as exc:
+            if exchange.state.get(_BODY_TOO_LARGE):
+                metrics.upstream_errors.labels(service.name, "body_too_large").inc()
+                raise PayloadTooLarge(details={"limit": max_body}) from exc
+            metrics.upstream_errors.labels(service.name, "connect").inc()
+            log.warning("upstream %s unreachable: %s", instance.url, exc.__class__.__name__)
+            raise BadGateway(details={"service": service.name}) from exc
+        metrics.upstream_seconds.labels(service.name).observe(time.perf_counter() - started)
+        headers = client_response_headers(response.headers, response.status)
+        headers["X-Gateway-Service"] = service.name
+        return Reply(response.status, headers, upstream=response)
+
+
+def _release_instance(exchange: Exchange) -> None:
+    if exchange.instance is not None:
+        exchange.instance.in_flight -= 1
+
+
+async def _capped_body(content: aiohttp.StreamReader, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
+    """Stream the request body, stopping once it passes the limit (also for chunked bodies)."""
+    total = 0
+    async for chunk in content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            exchange.state[_BODY_TOO_LARGE] = True
+            raise PayloadTooLarge()
+        yield chunk
+
+
+async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply) -> web.StreamResponse:
+    """Send the reply, streaming an upstream body chunk by chunk; record status and bytes on the exchange."""
+    headers = reply.headers
+    for name, value in exchange.response_headers:
+        headers[name] = value
+    exchange.status = reply.status
+    upstream = reply.upstream
+    if upstream is None:
+        response = web.Response(status=reply.status, body=reply.body, headers=headers)
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+            exchange.bytes_sent = len(reply.body)
+        except ConnectionError:
+            exchange.failure = "client closed the connection"
+        return response
+
+    stream = web.StreamResponse(status=reply.status, reason=upstream.reason, headers=headers)
+    try:
+        try:
+            await stream.prepare(request)
+        except ConnectionError:
+            exchange.failure = "client closed the connection"
+            return stream
+        if request.method == "HEAD" or reply.status in _NO_BODY_STATUSES:
+            await stream.write_eof()
+            return stream
+        try:
+            async for chunk in upstream.content.iter_any():
+                await stream.write(chunk)
+                exchange.bytes_sent += len(chunk)
+            await stream.write_eof()
+        except ConnectionError as exc:
+            if isinstance(exc, aiohttp.ClientError):  # the instance, not the client, broke off
+                _abort(request, exchange, f"upstream broke off the response: {exc.__class__.__name__}")
+            else:
+                exchange.failure = "client closed the connection"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            _abort(request, exchange, f"upstream broke off the response: {exc.__class__.__name__}")
+        return stream
+    finally:
+        if exchange.failure is None and upstream.content.at_eof():
+            upstream.release()
+        else:
+            upstream.close()
+
+
+def _abort(request: web.BaseRequest, exchange: Exchange, why: str) -> None:
+    """Headers are already out: the only honest signal left is to cut the client connection."""
+    exchange.failure = why
+    log.warning(why)
+    if request.transport is not None:
+        request.transport.close()

@@ -1,0 +1,165 @@
+"""The live route table: services, their instances, and each route's compiled middleware chain.
+
+A table is immutable once built; a reload builds a new one and swaps it in, so a request keeps the
+route it started with. Instances are carried over by URL, keeping their health state across reloads.
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.config.schema import HealthCheck, RegistryConfig, RouteConfig
+from gateway.exchange import Exchange, Reply
+from gateway.middleware.base import BuildContext, Handler, Middleware, MiddlewareConfig, compile_chain
+from gateway.resources import Resources
+
+
+class InstanceState(str, enum.Enum):
+    UNKNOWN = "unknown"
+    """Not checked yet; routable."""
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    """Taken out of routing until it passes its health checks again."""
+
+
+class Instance:
+    __slots__ = ("url", "state", "in_flight")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.state = InstanceState.UNKNOWN
+        self.in_flight = 0
+
+    @property
+    def routable(self) -> bool:
+        return self.state is not InstanceState.UNHEALTHY
+
+    def describe(self) -> dict[str, object]:
+        return {"url": self.url, "state": self.state.value, "inFlight": self.in_flight}
+
+
+class Service:
+    """A named service and its instances, balanced round-robin over the routable ones."""
+
+    __slots__ = ("name", "instances", "health", "_turn")
+
+    def __init__(self, name: str, instances: tuple[Instance, ...], health: HealthCheck) -> None:
+        self.name = name
+        self.instances = instances
+        self.health = health
+        self._turn = itertools.count()
+
+    def pick(self) -> Instance | None:
+        count = len(self.instances)
+        if count == 0:
+            return None
+        start = next(self._turn)
+        for offset in range(count):
+            instance = self.instances[(start + offset) % count]
+            if instance.routable:
+                return instance
+        return None
+
+    @property
+    def state(self) -> str:
+        if not self.instances:
+            return "no-instances"
+        routable = sum(instance.routable for instance in self.instances)
+        if routable == 0:
+            return "down"
+        return "up" if routable == len(self.instances) else "degraded"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    config: RouteConfig
+    service: Service
+    chain: Handler
+    timeout: aiohttp.ClientTimeout
+    middleware: tuple[str, ...]
+
+    @property
+    def prefix(self) -> str:
+        return self.config.prefix
+
+
+class RouteTable:
+    def __init__(
+        self,
+        config: RegistryConfig,
+        revision: int,
+        routes: Mapping[str, Route],
+        services: Mapping[str, Service],
+        edge_chain: Handler,
+    ) -> None:
+        self.config = config
+        self.revision = revision
+        self.routes = routes
+        self.services = services
+        self.edge_chain = edge_chain
+
+    def match(self, path: str) -> Route | None:
+        """Longest prefix on segment boundaries: /api/v1/users matches /api/v1/users/x, not /api/v1/usersx."""
+        routes = self.routes
+        candidate = path
+        while candidate:
+            route = routes.get(candidate)
+            if route is not None:
+                return route
+            cut = candidate.rfind("/")
+            if cut <= 0:
+                return None
+            candidate = candidate[:cut]
+        return None
+
+
+async def _edge_terminal(exchange: Exchange) -> Reply:
+    assert exchange.terminal is not None
+    return await exchange.terminal(exchange)
+
+
+def build_table(
+    config: RegistryConfig,
+    resources: Resources,
+    forward: Handler,
+    revision: int,
+    previous: RouteTable | None = None,
+) -> RouteTable:
+    """Build every route's chain once, reusing the Instance objects of the previous table."""
+    known: dict[str, Instance] = {}
+    if previous is not None:
+        for service in previous.services.values():
+            known.update((instance.url, instance) for instance in service.instances)
+    services = {
+        name: Service(name, tuple(known.get(url) or Instance(url) for url in spec.instances), spec.health)
+        for name, spec in config.services.items()
+    }
+    routes: dict[str, Route] = {}
+    for route_config in config.routes:
+        context = BuildContext(route_config.service, route_config.prefix, resources)
+        middleware = _instantiate(config, route_config.middleware, context)
+        timeouts = route_config.options.timeouts
+        routes[route_config.prefix] = Route(
+            config=route_config,
+            service=services[route_config.service],
+            chain=compile_chain(middleware, forward),
+            timeout=aiohttp.ClientTimeout(
+                total=timeouts.total or None, sock_connect=timeouts.connect, sock_read=timeouts.read
+            ),
+            middleware=tuple(type(m).NAME for m in middleware),
+        )
+    edge_context = BuildContext("gateway", "", resources)
+    edge = compile_chain(_instantiate(config, config.edge_middleware, edge_context), _edge_terminal)
+    return RouteTable(config, revision, routes, services, edge)
+
+
+def _instantiate(
+    config: RegistryConfig, enabled: Mapping[str, MiddlewareConfig], context: BuildContext
+) -> list[Middleware]:
+    classes = config.middleware_classes
+    ordered = sorted(enabled, key=lambda name: (-classes[name].PRIORITY, name))
+    return [classes[name](enabled[name], context) for name in ordered]

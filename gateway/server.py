@@ -1,0 +1,135 @@
+"""Run the gateway: one process, or a supervisor with N workers sharing the port (SO_REUSEPORT).
+
+SIGTERM or SIGINT: stop accepting connections, let in-flight requests finish within the drain timeout,
+then exit 0. SIGHUP: reload registry.yaml now.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import Gateway, create_app
+from gateway.config.settings import Settings
+from gateway.logs import log_fields
+
+log = logging.getLogger("gateway.server")
+
+
+async def serve(
+    settings: Settings, registry: str | Path, host: str, port: int, *, reuse_port: bool = False
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and return."""
+    gw = Gateway(settings, registry)
+    app = create_app(gw)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_timeout)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+        await site.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, gw.watcher.reload_now)
+        log.info(
+            f"gateway listening on http://{host}:{port}",
+            extra=log_fields(
+                pid=os.getpid(),
+                services=len(gw.table.services),
+                routes=len(gw.table.routes),
+                settings=gw.resources.settings.public_view(),
+            ),
+        )
+        await stop.wait()
+        gw.resources.draining = True
+        log.info("shutting down: draining in-flight requests", extra=log_fields(timeout=settings.drain_timeout))
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+    log.info("gateway stopped")
+
+
+def _event_loop_policy() -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run_single(settings: Settings, registry: str | Path, host: str, port: int, reuse_port: bool = False) -> int:
+    _event_loop_policy()
+    asyncio.run(serve(settings, registry, host, port, reuse_port=reuse_port))
+    return 0
+
+
+def run_workers(settings: Settings, registry: str | Path, host: str, port: int, workers: int) -> int:
+    """Start N worker processes bound with SO_REUSEPORT, restart any that dies, stop them all on a signal."""
+    metrics_dir = tempfile.mkdtemp(prefix="kadai-metrics-")
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
+    command = [
+        sys.executable, "-m", "gateway", "gateway",
+        "--registry", str(registry), "--host", host, "--port", str(port), "--workers", "1", "--reuse-port",
+    ]
+    stopping = False
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        received.append(signum)
+
+    def forward_hup(_signum: int, _frame: object) -> None:
+        for child in children:
+            child.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, forward_hup)
+    children = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    log.info("gateway supervisor started", extra=log_fields(workers=workers, pids=[c.pid for c in children]))
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for index, child in enumerate(children):
+                code = child.poll()
+                if code is not None and not stopping:
+                    log.error("worker exited; starting another", extra=log_fields(pid=child.pid, code=code))
+                    _mark_dead(child.pid)
+                    time.sleep(0.5)
+                    children[index] = subprocess.Popen(command, env=env)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        failed = 0
+        for child in children:
+            try:
+                code = child.wait(timeout=settings.drain_timeout + 5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                code = child.wait()
+            failed += code != 0
+        return 1 if failed else 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+        for path in Path(metrics_dir).glob("*"):
+            path.unlink(missing_ok=True)
+        os.rmdir(metrics_dir)
+
+
+def _mark_dead(pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
