@@ -1,0 +1,68 @@
+"""Fixtures shared by every test: loopback upstream servers, registries and gateways."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import Gateway, create_app
+from gateway.config.settings import Settings
+from tests.support import GatewayProcess
+
+StartUpstream = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def start_upstream() -> AsyncIterator[StartUpstream]:
+    """Serve an aiohttp app on a free 127.0.0.1 port; returns its base URL."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(reload_interval=0.1, drain_timeout=2.0)
+
+
+@pytest.fixture
+async def gateway_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], settings: Settings
+) -> Callable[[Path], Awaitable[TestClient[Any, Any]]]:
+    """An in-process gateway over a registry file, with a test client; the Gateway is client.app's."""
+
+    async def make(registry: Path) -> TestClient[Any, Any]:
+        gw = Gateway(settings, registry)
+        return await aiohttp_client(TestServer(create_app(gw), host="127.0.0.1"))
+
+    return make
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start real gateway processes; all are stopped at teardown."""
+    started: list[GatewayProcess] = []
+
+    def start(registry: Path, **kwargs: Any) -> GatewayProcess:
+        process = GatewayProcess(registry, **kwargs).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
