@@ -23,6 +23,8 @@ from gateway.logs import log_fields
 
 log = logging.getLogger("gateway.server")
 
+_CRASH_LOOP_SECONDS = 5.0
+
 
 async def serve(
     settings: Settings, registry: str | Path, host: str, port: int, *, reuse_port: bool = False
@@ -97,17 +99,25 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward_hup)
     children = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    started = [time.monotonic()] * workers
     log.info("gateway supervisor started", extra=log_fields(workers=workers, pids=[c.pid for c in children]))
+    exit_code = 0
     try:
         while not stopping:
             time.sleep(0.2)
             for index, child in enumerate(children):
                 code = child.poll()
-                if code is not None and not stopping:
-                    log.error("worker exited; starting another", extra=log_fields(pid=child.pid, code=code))
-                    _mark_dead(child.pid)
-                    time.sleep(0.5)
-                    children[index] = subprocess.Popen(command, env=env)
+                if code is None or stopping:
+                    continue
+                _mark_dead(child.pid)
+                if time.monotonic() - started[index] < _CRASH_LOOP_SECONDS:
+                    # Dying right after start (port taken, bad config) would only repeat: give up.
+                    log.error("worker failed at start-up; stopping", extra=log_fields(pid=child.pid, code=code))
+                    stopping, exit_code = True, 1
+                    break
+                log.error("worker exited; starting another", extra=log_fields(pid=child.pid, code=code))
+                children[index] = subprocess.Popen(command, env=env)
+                started[index] = time.monotonic()
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -119,7 +129,7 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
                 child.kill()
                 code = child.wait()
             failed += code != 0
-        return 1 if failed else 0
+        return 1 if failed or exit_code else 0
     finally:
         for child in children:
             if child.poll() is None:
