@@ -109,7 +109,7 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
                 code = child.poll()
                 if code is None or stopping:
                     continue
-                _mark_dead(child.pid)
+                _mark_dead(child.pid, metrics_dir)
                 if time.monotonic() - started[index] < _CRASH_LOOP_SECONDS:
                     # Dying right after start (port taken, bad config) would only repeat: give up.
                     log.error("worker failed at start-up; stopping", extra=log_fields(pid=child.pid, code=code))
@@ -139,7 +139,7 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
         os.rmdir(metrics_dir)
 
 
-def _mark_dead(pid: int) -> None:
+def _mark_dead(pid: int, metrics_dir: str) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid, metrics_dir)
