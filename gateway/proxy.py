@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
@@ -22,6 +23,7 @@ log = logging.getLogger("gateway.proxy")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _BODY_TOO_LARGE = "body_too_large"
+_BUFFERED_BODY_LIMIT = 64 * 1024
 
 
 def open_upstream_session(pool_size: int = 1000) -> aiohttp.ClientSession:
@@ -118,14 +120,11 @@ async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply
     exchange.status = reply.status
     upstream = reply.upstream
     if upstream is None:
-        response = web.Response(status=reply.status, body=reply.body, headers=headers)
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-            exchange.bytes_sent = len(reply.body)
-        except ConnectionError:
-            exchange.failure = "client closed the connection"
-        return response
+        return await _send_whole(request, exchange, web.Response(status=reply.status, body=reply.body, headers=headers))
+
+    length = upstream.content_length
+    if length is not None and length <= _BUFFERED_BODY_LIMIT and request.method != "HEAD":
+        return await _write_small(request, exchange, reply, headers)
 
     stream = web.StreamResponse(status=reply.status, reason=upstream.reason, headers=headers)
     try:
@@ -155,6 +154,39 @@ async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply
             upstream.release()
         else:
             upstream.close()
+
+
+async def _write_small(
+    request: web.BaseRequest, exchange: Exchange, reply: Reply, headers: CIMultiDict[str]
+) -> web.StreamResponse:
+    """A small body with a known length is read whole and sent in one write: one syscall instead of
+    several, and an instance that breaks off mid-body still gets the client a clean 502."""
+    upstream = reply.upstream
+    assert upstream is not None
+    try:
+        body = await upstream.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        upstream.close()
+        exchange.failure = f"upstream broke off the response: {exc.__class__.__name__}"
+        log.warning(exchange.failure)
+        broken = BadGateway("Bad Gateway: the service broke off its response", details={"service": exchange.service})
+        return await write_reply(request, exchange, exchange.error_reply(broken))
+    finally:
+        upstream.release()
+    headers.popall("Content-Length", None)
+    return await _send_whole(
+        request, exchange, web.Response(status=reply.status, reason=upstream.reason, body=body, headers=headers)
+    )
+
+
+async def _send_whole(request: web.BaseRequest, exchange: Exchange, response: web.Response) -> web.Response:
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+        exchange.bytes_sent = response.content_length or 0
+    except ConnectionError:
+        exchange.failure = "client closed the connection"
+    return response
 
 
 def _abort(request: web.BaseRequest, exchange: Exchange, why: str) -> None:
