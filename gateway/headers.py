@@ -25,6 +25,7 @@ GATEWAY_ASSERTED = frozenset(
         "host",
         "content-length",
         "expect",
+        "forwarded",
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",

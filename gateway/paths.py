@@ -5,6 +5,7 @@ gateway and the service always agree on what the path means.
 """
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
@@ -13,7 +14,8 @@ from gateway.errors import BadRequest
 # RFC 3986 pchar minus "%": these stay literal when a segment is re-encoded.
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 _FORBIDDEN_BYTES = frozenset(range(0x20)) | {0x7F, ord("\\")}
-_SUSPECT = ("%", "/.", "//", "\\", ";")
+# Paths made only of these characters, without "/." or "//", need no decoding and no checks.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,=:@/-]*").fullmatch
 
 
 class Target(NamedTuple):
@@ -31,13 +33,14 @@ def split_target(raw: str) -> Target:
     path = path.partition("#")[0]
     if not path.startswith("/"):
         raise BadRequest("The request target must be a path starting with /")
-    if not any(marker in path for marker in _SUSPECT):
+    if _PLAIN_PATH(path) and "/." not in path and "//" not in path:
         return Target(path, path, query)
     return Target(*_normalise(path), query)
 
 
 def _normalise(path: str) -> tuple[str, str]:
-    trailing_slash = path.endswith("/") and path != "/"
+    last = unquote_to_bytes(path.rsplit("/", 1)[1])
+    trailing_slash = (path.endswith("/") and path != "/") or last in (b".", b"..")
     decoded: list[bytes] = []
     for raw_segment in path.split("/")[1:]:
         if not raw_segment:
@@ -55,7 +58,7 @@ def _normalise(path: str) -> tuple[str, str]:
                 raise BadRequest("The path climbs above the root")
             decoded.pop()
             continue
-        if stem in (b".", b"..") :
+        if stem in (b".", b".."):
             raise BadRequest("Dot segments with parameters are not allowed in the path")
         decoded.append(segment)
     if not decoded:

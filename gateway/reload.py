@@ -100,6 +100,9 @@ class RegistryWatcher:
             config = parse_registry(data, source)
         except ConfigError as exc:
             return self._failed(exc.render(), digest)
+        except Exception as exc:  # never let a surprise kill the watcher: hot reload must keep working
+            log.exception("registry reload failed unexpectedly")
+            return self._failed(f"{source}: {exc.__class__.__name__}: {exc}", digest)
         try:
             revision = self._apply(config)
         except Exception as exc:  # building the chains ran third-party middleware constructors

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 
-from gateway.config.settings import Settings
+from gateway.config.settings import DEV_JWT_SECRET, Settings
 
 
 class TokenRefused(Exception):
@@ -21,4 +23,8 @@ def mint_token(settings: Settings, sub: str, role: str, ttl: int = 3600, email: 
     payload: dict[str, object] = {"sub": sub, "role": role, "iat": now, "exp": now + ttl}
     if email:
         payload["email"] = email
-    return jwt.encode(payload, settings.jwt_secret, algorithm="HS256")
+    with warnings.catch_warnings():
+        if settings.jwt_secret == DEV_JWT_SECRET:
+            # The spec's development secret is 29 bytes; production refuses it and anything under 32.
+            warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        return jwt.encode(payload, settings.jwt_secret, algorithm="HS256")

@@ -33,14 +33,32 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
-def describe_validation_error(error: ValidationError, prefix: Sequence[str | int] = ()) -> list[str]:
-    """Turn pydantic's errors into 'path: reason' lines."""
+def describe_validation_error(
+    error: ValidationError,
+    prefix: Sequence[str | int] = (),
+    only_under: tuple[str | None, frozenset[str] | None] | None = None,
+) -> list[str]:
+    """Turn pydantic's errors into 'path: reason' lines.
+
+    only_under=(key, names) keeps only errors below `key` (None: at the top) whose next part is in names
+    (None: any), so a merged mapping reports only what one level wrote.
+    """
     problems = []
     for item in error.errors(include_url=False):
         loc = [part for part in item["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+        if only_under is not None and not _is_under(loc, *only_under):
+            continue
         path = field_path([*prefix, *loc]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field"
         problems.append(f"{path}: {message}")
     return problems
+
+
+def _is_under(loc: Sequence[str | int], key: str | None, names: frozenset[str] | None) -> bool:
+    if key is not None:
+        if not loc or loc[0] != key:
+            return False
+        loc = loc[1:]
+    return names is None or not loc or loc[0] in names

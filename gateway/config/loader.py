@@ -174,15 +174,20 @@ class _Resolver:
                 continue
             else:
                 merged[key] = value
-            self._check_option(key, merged[key], (*where, key))
+            written = frozenset(value) if isinstance(value, dict) else None
+            self._check_option(key, merged[key], written, (*where, key))
         return merged
 
-    def _check_option(self, key: str, value: Any, where: tuple[str | int, ...]) -> None:
+    def _check_option(
+        self, key: str, value: Any, written: frozenset[str] | None, where: tuple[str | int, ...]
+    ) -> None:
+        """Validate a merged option, reporting only problems in what this level wrote itself
+        (inherited sub-keys were checked, and reported, where they were written)."""
         if key in _CORE_KEYS:
             try:
                 RouteOptions.model_validate({key: value})
             except ValidationError as exc:
-                self.problems.extend(describe_validation_error(exc, where[:-1]))
+                self.problems.extend(describe_validation_error(exc, where[:-1], only_under=(key, written)))
             return
         if not isinstance(value, dict):
             self._problem(where, "expected a mapping of settings, true or false")
@@ -190,7 +195,7 @@ class _Resolver:
         try:
             self.catalogue[key].Config.model_validate(value)
         except ValidationError as exc:
-            self.problems.extend(describe_validation_error(exc, where))
+            self.problems.extend(describe_validation_error(exc, where, only_under=(None, written)))
 
     def _enabled_middleware(
         self, options: Mapping[str, Any], where: tuple[str | int, ...], edge_only: bool = False

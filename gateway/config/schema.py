@@ -7,10 +7,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyNetwork
 
 from gateway.middleware.base import Middleware, MiddlewareConfig
 from gateway.units import ByteSize, Duration
@@ -67,10 +66,10 @@ class HealthCheck(Model):
 class GatewayOptions(Model):
     """Gateway-wide options (the top-level `gateway:` section)."""
 
-    admin_networks: tuple[IPv4Network | IPv6Network, ...] = Field(
+    admin_networks: tuple[IPvAnyNetwork, ...] = Field(
         (), description="Client networks allowed to reach /metrics and the health and status endpoints; empty allows all."
     )
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = Field(
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = Field(
         (), description="Peers (load balancers) whose X-Forwarded-For is trusted to name the client."
     )
 

@@ -32,7 +32,7 @@ def mask_url(url: str) -> str:
     return str(parsed.with_password("***")) if parsed.password else url
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     env: Literal["development", "production"] = "development"
     jwt_secret: str = field(default=DEV_JWT_SECRET, repr=False)
@@ -42,6 +42,10 @@ class Settings:
     registry_path: str = "registry.yaml"
     drain_timeout: float = 30.0
     reload_interval: float = 0.5
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{key}={value!r}" for key, value in self.public_view().items())
+        return f"Settings({shown})"
 
     @property
     def production(self) -> bool:
@@ -61,6 +65,20 @@ class Settings:
             "logLevel": self.log_level,
             "registry": self.registry_path,
         }
+
+
+def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    *first, last = [f"{scheme}://" for scheme in schemes]
+    expected = f"{', '.join(first)} or {last}"
+    try:
+        parsed = URL(url)
+        parsed.port  # noqa: B018 - yarl checks the port range lazily
+    except (ValueError, TypeError) as exc:
+        return f"not a valid URL ({exc})"
+    if parsed.scheme not in schemes:
+        article = "an" if expected[0] in "aeiou" else "a"
+        return f"expected {article} {expected} URL, got {mask_url(url)!r}"
+    return None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,11 +102,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     secret = secret or DEV_JWT_SECRET
 
     redis_url = env.get("REDIS_URL", DEFAULT_REDIS_URL)
-    if URL(redis_url).scheme not in ("redis", "rediss", "unix"):
-        problems.append(f"REDIS_URL: expected a redis://, rediss:// or unix:// URL, got {mask_url(redis_url)!r}")
     amqp_url = env.get("AMQP_URL", DEFAULT_AMQP_URL)
-    if URL(amqp_url).scheme not in ("amqp", "amqps"):
-        problems.append(f"AMQP_URL: expected an amqp:// or amqps:// URL, got {mask_url(amqp_url)!r}")
+    for var, url, schemes in (
+        ("REDIS_URL", redis_url, ("redis", "rediss", "unix")),
+        ("AMQP_URL", amqp_url, ("amqp", "amqps")),
+    ):
+        problem = _url_problem(url, schemes)
+        if problem:
+            problems.append(f"{var}: {problem}")
 
     level = env.get("LOG_LEVEL", "INFO").strip().upper()
     if level not in _LOG_LEVELS:

@@ -44,6 +44,8 @@ def import_middleware(path: str) -> type[Middleware]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise PluginError(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # a plugin broken at import time is a config problem, not a crash
+        raise PluginError(f"importing {module_name!r} failed: {exc.__class__.__name__}: {exc}") from exc
     cls = getattr(module, attr, None)
     if cls is None:
         raise PluginError(f"module {module_name!r} has no attribute {attr!r}")
