@@ -13,13 +13,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gateway.admin import admin_endpoints
 from gateway.config.loader import load_registry
-from gateway.config.schema import RegistryConfig
+from gateway.config.schema import GatewayOptions, RegistryConfig
 from gateway.config.settings import Settings
-from gateway.errors import BadRequest, Forbidden, GatewayError, InternalError, NotFound
+from gateway.errors import BadRequest, ExpectationFailed, Forbidden, GatewayError, InternalError, NotFound
 from gateway.exchange import Exchange, Reply
 from gateway.headers import client_address, in_networks, upstream_request_headers
 from gateway.keys import GATEWAY_KEY
@@ -67,17 +67,15 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         table = self.table
         options = table.config.gateway
-        peer = request.remote
-        client_ip = peer or "unknown"
-        if options.trusted_proxies:
-            client_ip = client_address(peer, request.headers.getall("X-Forwarded-For", ()), options.trusted_proxies)
-        exchange = Exchange(request, client_ip)
+        exchange = Exchange(request, self._client_ip(request, options))
         chain: Handler = table.edge_chain
         try:
+            if "Expect" in request.headers and request.headers["Expect"].lower() != "100-continue":
+                raise ExpectationFailed(f"Unsupported expectation: {request.headers['Expect']}")
             target = _request_target(request)
             endpoint = self.endpoints.get(target.path)
             if endpoint is not None:
-                if options.admin_networks and not in_networks(client_ip, options.admin_networks):
+                if options.admin_networks and not in_networks(exchange.client_ip, options.admin_networks):
                     raise Forbidden("This endpoint is not open to your network")
                 exchange.terminal = endpoint
             else:
@@ -89,7 +87,7 @@ class Gateway:
                 exchange.upstream_path = _upstream_path(target, route.config.options.strip_prefix)
                 exchange.upstream_headers = upstream_request_headers(
                     request.headers,
-                    client_ip=client_ip,
+                    client_ip=exchange.client_ip,
                     scheme=request.scheme,
                     service=route.service.name,
                     body_length=request.content_length,
@@ -97,24 +95,58 @@ class Gateway:
                 chain = route.chain
         except GatewayError as error:
             exchange.terminal = _raiser(error)
+        return await self._run(exchange, chain)
 
+    async def refuse(self, request: web.BaseRequest, error: GatewayError) -> web.StreamResponse:
+        """Answer a request aiohttp refused before dispatch, through the edge chain like any other."""
+        exchange = Exchange(request, self._client_ip(request, self.table.config.gateway))
+        exchange.terminal = _raiser(error)
+        return await self._run(exchange, self.table.edge_chain)
+
+    async def _run(self, exchange: Exchange, chain: Handler) -> web.StreamResponse:
+        request = exchange.request
         try:
-            reply = await chain(exchange)
-        except GatewayError as error:
-            reply = exchange.error_reply(error)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("unhandled error while handling %s %s", request.method, request.path)
-            reply = exchange.error_reply(InternalError())
-        try:
+            try:
+                reply = await chain(exchange)
+            except GatewayError as error:
+                reply = exchange.error_reply(error)
+            except Exception:
+                log.exception("unhandled error while handling %s %s", request.method, request.path)
+                reply = exchange.error_reply(InternalError())
             return await write_reply(request, exchange, reply)
+        except asyncio.CancelledError:
+            exchange.failure = exchange.failure or "cancelled (drain timeout or shutdown)"
+            raise
         finally:
+            # Also when cancelled: gauges and instance counters must come back down.
             for hook in exchange.finish_hooks:
                 try:
                     hook(exchange)
                 except Exception:
                     log.exception("a finish hook failed")
+
+    async def expect_continue(self, request: web.BaseRequest) -> None:
+        """Send 100 Continue only for a body the route will accept; otherwise the handler answers
+        (413 without the client ever sending the body, 417 for an unknown expectation)."""
+        if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
+            return
+        length = request.content_length
+        if length is not None:
+            try:
+                route = self.table.match(_request_target(request).path)
+            except GatewayError:
+                return
+            if route is None or length > route.config.options.max_body_size:
+                return
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+    @staticmethod
+    def _client_ip(request: web.BaseRequest, options: GatewayOptions) -> str:
+        peer = request.remote
+        if options.trusted_proxies:
+            return client_address(peer, request.headers.getall("X-Forwarded-For", ()), options.trusted_proxies)
+        return peer or "unknown"
 
 
 def _request_target(request: web.BaseRequest) -> Target:
@@ -151,16 +183,16 @@ async def _envelope_for_router_errors(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        exchange = Exchange(request, request.remote or "unknown")
         error = GatewayError(exc.reason)
         error.status = exc.status
-        return await write_reply(request, exchange, exchange.error_reply(error))
+        return await request.app[GATEWAY_KEY].refuse(request, error)
 
 
 def create_app(gw: Gateway) -> web.Application:
     app = web.Application(middlewares=[_envelope_for_router_errors], handler_args={"max_field_size": 8190})
     app[GATEWAY_KEY] = gw
-    app.router.add_route("*", "/{tail:.*}", gw.handle)
+    # [\s\S]: a decoded %0A in the path must reach the gateway (and its 400), not fall out of the router.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", gw.handle, expect_handler=gw.expect_continue)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_registry_watcher)
     return app

@@ -7,6 +7,8 @@ and is rendered into the spec's error envelope in exactly one place (Exchange.er
     ├── NotFound (404)              no route
     ├── MethodNotAllowed (405)      a gateway endpoint called with the wrong method
     ├── PayloadTooLarge (413)       body over the route's max_body_size
+    ├── ExpectationFailed (417)     an Expect header other than 100-continue
+    ├── ClientClosedRequest (499)   the client went away mid-request (logged, never seen by it)
     ├── InternalError (500)         a bug; details never leak
     ├── BadGateway (502)            instance unreachable, reset, or broken response
     ├── ServiceUnavailable (503)    no healthy instance, or the gateway is draining
@@ -58,6 +60,16 @@ class MethodNotAllowed(GatewayError):
 class PayloadTooLarge(GatewayError):
     status = 413
     default_message = "Request body too large"
+
+
+class ExpectationFailed(GatewayError):
+    status = 417
+    default_message = "Expectation Failed"
+
+
+class ClientClosedRequest(GatewayError):
+    status = 499
+    default_message = "Client Closed Request"
 
 
 class InternalError(GatewayError):

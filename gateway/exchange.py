@@ -49,6 +49,7 @@ class Exchange:
         "status",
         "bytes_sent",
         "failure",
+        "upstream_fault",
         "finish_hooks",
         "state",
     )
@@ -73,6 +74,8 @@ class Exchange:
         self.bytes_sent = 0
         self.failure: str | None = None
         """Why the exchange broke after the reply started (upstream reset, client gone), for the logs."""
+        self.upstream_fault: str | None = None
+        """Kind of upstream failure once the reply had started (reset, timeout), for metrics."""
         self.finish_hooks: list[Callable[[Exchange], None]] = []
         self.state: dict[str, Any] = {}
         """Free space for third-party middleware."""

@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.errors import BadGateway, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
+from gateway.errors import BadGateway, ClientClosedRequest, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
 from gateway.exchange import Exchange, Reply
 from gateway.headers import client_response_headers
 from gateway.resources import Resources
@@ -23,6 +23,7 @@ log = logging.getLogger("gateway.proxy")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _BODY_TOO_LARGE = "body_too_large"
+_CLIENT_GONE = "client_gone"
 _BUFFERED_BODY_LIMIT = 64 * 1024
 
 
@@ -69,7 +70,7 @@ class Forwarder:
         metrics = self.resources.metrics
         exchange.instance = instance
         instance.in_flight += 1
-        exchange.on_finish(_release_instance)
+        exchange.on_finish(self._finish)
         started = time.perf_counter()
         try:
             response = await session.request(
@@ -87,6 +88,8 @@ class Forwarder:
             if exchange.state.get(_BODY_TOO_LARGE):
                 metrics.upstream_errors.labels(service.name, "body_too_large").inc()
                 raise PayloadTooLarge(details={"limit": max_body}) from exc
+            if exchange.state.get(_CLIENT_GONE):
+                raise ClientClosedRequest() from exc  # the client's fault, not the instance's
             metrics.upstream_errors.labels(service.name, "connect").inc()
             log.warning("upstream %s unreachable: %s", instance.url, exc.__class__.__name__)
             raise BadGateway(details={"service": service.name}) from exc
@@ -96,20 +99,26 @@ class Forwarder:
         return Reply(response.status, headers, upstream=response)
 
 
-def _release_instance(exchange: Exchange) -> None:
-    if exchange.instance is not None:
-        exchange.instance.in_flight -= 1
+    def _finish(self, exchange: Exchange) -> None:
+        if exchange.instance is not None:
+            exchange.instance.in_flight -= 1
+        if exchange.upstream_fault is not None:
+            self.resources.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
 
 
 async def _capped_body(content: aiohttp.StreamReader, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
     """Stream the request body, stopping once it passes the limit (also for chunked bodies)."""
     total = 0
-    async for chunk in content.iter_any():
-        total += len(chunk)
-        if total > limit:
-            exchange.state[_BODY_TOO_LARGE] = True
-            raise PayloadTooLarge()
-        yield chunk
+    try:
+        async for chunk in content.iter_any():
+            total += len(chunk)
+            if total > limit:
+                exchange.state[_BODY_TOO_LARGE] = True
+                raise PayloadTooLarge()
+            yield chunk
+    except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError):
+        exchange.state[_CLIENT_GONE] = True
+        raise
 
 
 async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply) -> web.StreamResponse:
@@ -143,11 +152,11 @@ async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply
             await stream.write_eof()
         except ConnectionError as exc:
             if isinstance(exc, aiohttp.ClientError):  # the instance, not the client, broke off
-                _abort(request, exchange, f"upstream broke off the response: {exc.__class__.__name__}")
+                _abort(request, exchange, exc)
             else:
                 exchange.failure = "client closed the connection"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            _abort(request, exchange, f"upstream broke off the response: {exc.__class__.__name__}")
+            _abort(request, exchange, exc)
         return stream
     finally:
         if exchange.failure is None and upstream.content.at_eof():
@@ -167,10 +176,15 @@ async def _write_small(
         body = await upstream.read()
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         upstream.close()
+        timed_out = isinstance(exc, asyncio.TimeoutError)
+        exchange.upstream_fault = "timeout" if timed_out else "reset"
         exchange.failure = f"upstream broke off the response: {exc.__class__.__name__}"
         log.warning(exchange.failure)
-        broken = BadGateway("Bad Gateway: the service broke off its response", details={"service": exchange.service})
-        return await write_reply(request, exchange, exchange.error_reply(broken))
+        details = {"service": exchange.service}
+        error = GatewayTimeout(details=details) if timed_out else BadGateway(
+            "Bad Gateway: the service broke off its response", details=details
+        )
+        return await write_reply(request, exchange, exchange.error_reply(error))
     finally:
         upstream.release()
     headers.popall("Content-Length", None)
@@ -189,9 +203,10 @@ async def _send_whole(request: web.BaseRequest, exchange: Exchange, response: we
     return response
 
 
-def _abort(request: web.BaseRequest, exchange: Exchange, why: str) -> None:
+def _abort(request: web.BaseRequest, exchange: Exchange, cause: BaseException) -> None:
     """Headers are already out: the only honest signal left is to cut the client connection."""
-    exchange.failure = why
-    log.warning(why)
+    exchange.upstream_fault = "timeout" if isinstance(cause, asyncio.TimeoutError) else "reset"
+    exchange.failure = f"upstream broke off the response: {cause.__class__.__name__}"
+    log.warning(exchange.failure)
     if request.transport is not None:
         request.transport.close()

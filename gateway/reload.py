@@ -63,6 +63,7 @@ class RegistryWatcher:
         self._report = report
         self._digest = current_digest
         self.revision = current_revision
+        self._last_ok = True
         self._fingerprint = _fingerprint(self.path)
         self._wakeup = asyncio.Event()
 
@@ -95,7 +96,14 @@ class RegistryWatcher:
             return self._failed(f"{source}: cannot read the file: {exc.strerror or exc}", "")
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
-            return None
+            if self._last_ok:
+                return None
+            # A rejected edit was undone: the file again says what is running.
+            status = ReloadStatus(ok=True, at=utc_timestamp(), revision=self.revision, digest=digest)
+            log.info("registry back to the configuration in use", extra=log_fields(revision=self.revision))
+            self._report(status)
+            self._last_ok = True
+            return status
         try:
             config = parse_registry(data, source)
         except ConfigError as exc:
@@ -110,6 +118,7 @@ class RegistryWatcher:
             return self._failed(f"{source}: building the routes failed: {exc}", digest)
         self._digest = digest
         self.revision = revision
+        self._last_ok = True
         status = ReloadStatus(ok=True, at=utc_timestamp(), revision=revision, digest=digest)
         log.info(
             "registry reloaded",
@@ -119,6 +128,7 @@ class RegistryWatcher:
         return status
 
     def _failed(self, error: str, digest: str) -> ReloadStatus:
+        self._last_ok = False
         status = ReloadStatus(ok=False, at=utc_timestamp(), revision=self.revision, digest=digest, error=error)
         log.error("registry reload rejected; the last good configuration stays in use", extra=log_fields(error=error))
         self._report(status)

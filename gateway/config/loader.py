@@ -253,7 +253,7 @@ class _Resolver:
             if url.query_string or url.fragment or url.user:
                 self._problem((*where, index), "an instance URL carries no query, fragment or credentials")
                 continue
-            base = str(url.with_path(url.path.rstrip("/"), encoded=True))
+            base = str(url.with_path(url.raw_path.rstrip("/"), encoded=True))
             if base in seen:
                 self._problem((*where, index), f"duplicate instance {base}")
                 continue

@@ -51,7 +51,7 @@ class AccessLogMiddleware(Middleware):
             "path": request.raw_path if self.include_query else request.raw_path.partition("?")[0],
             "status": status,
             "duration": round(exchange.elapsed * 1000, 3),
-            "service": exchange.service,
+            "targetService": exchange.service,
             "upstream": exchange.instance.url if exchange.instance else None,
             "bytes": exchange.bytes_sent,
             "client": exchange.client_ip,
