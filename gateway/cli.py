@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -84,6 +85,7 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level)
     registry = args.registry or settings.registry_path
+    settings = dataclasses.replace(settings, registry_path=registry)
     try:
         load_registry(registry)  # fail before binding, with the file's own errors
     except ConfigError as exc:

@@ -6,6 +6,7 @@ then exit 0. SIGHUP: reload registry.yaml now.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -53,11 +54,19 @@ async def serve(
         )
         await stop.wait()
         gw.resources.draining = True
+        if settings.drain_delay > 0:
+            # Keep serving while health says 503, so load balancers take this instance out first.
+            log.info("shutting down: health reports draining", extra=log_fields(delay=settings.drain_delay))
+            stop.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.drain_delay)  # a second signal cuts it short
         log.info("shutting down: draining in-flight requests", extra=log_fields(timeout=settings.drain_timeout))
     finally:
+        # Handlers stay installed through the drain: a second SIGTERM (a process group signalled
+        # twice, the supervisor forwarding one) must not kill requests that are finishing.
+        await runner.cleanup()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
-        await runner.cleanup()
     log.info("gateway stopped")
 
 
@@ -98,7 +107,12 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward_hup)
-    children = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    def spawn() -> subprocess.Popen[bytes]:
+        # Workers start with SIGHUP ignored until their event loop installs the reload handler:
+        # a SIGHUP forwarded while one is still importing must not kill it.
+        return subprocess.Popen(command, env=env, preexec_fn=_ignore_sighup)  # noqa: PLW1509
+
+    children = [spawn() for _ in range(workers)]
     started = [time.monotonic()] * workers
     log.info("gateway supervisor started", extra=log_fields(workers=workers, pids=[c.pid for c in children]))
     exit_code = 0
@@ -116,7 +130,7 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
                     stopping, exit_code = True, 1
                     break
                 log.error("worker exited; starting another", extra=log_fields(pid=child.pid, code=code))
-                children[index] = subprocess.Popen(command, env=env)
+                children[index] = spawn()
                 started[index] = time.monotonic()
         for child in children:
             if child.poll() is None:
@@ -137,6 +151,10 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
         for path in Path(metrics_dir).glob("*"):
             path.unlink(missing_ok=True)
         os.rmdir(metrics_dir)
+
+
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _mark_dead(pid: int, metrics_dir: str) -> None:

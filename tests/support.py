@@ -58,12 +58,12 @@ class GatewayProcess:
         env = {**os.environ, "LOG_LEVEL": "INFO", **self.env}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.log_path = self.registry.with_suffix(f".{self.port}.log")
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "gateway", "--registry", str(self.registry),
-             "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "gateway", "--registry", str(self.registry),
+                 "--host", "127.0.0.1", "--port", str(self.port), *self.args],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -41,6 +41,7 @@ class Settings:
     log_level: str = "INFO"
     registry_path: str = "registry.yaml"
     drain_timeout: float = 30.0
+    drain_delay: float = 0.0
     reload_interval: float = 0.5
 
     def __repr__(self) -> str:
@@ -117,7 +118,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         level = "INFO"
 
     durations: dict[str, float] = {}
-    for var, default in (("KADAI_DRAIN_TIMEOUT", 30.0), ("KADAI_RELOAD_INTERVAL", 0.5)):
+    for var, default in (("KADAI_DRAIN_TIMEOUT", 30.0), ("KADAI_DRAIN_DELAY", 0.0), ("KADAI_RELOAD_INTERVAL", 0.5)):
         try:
             durations[var] = parse_duration(env[var]) if var in env else default
         except ValueError as exc:
@@ -136,5 +137,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=level,
         registry_path=env.get("KADAI_REGISTRY", "registry.yaml"),
         drain_timeout=durations["KADAI_DRAIN_TIMEOUT"],
+        drain_delay=durations["KADAI_DRAIN_DELAY"],
         reload_interval=durations["KADAI_RELOAD_INTERVAL"],
     )
