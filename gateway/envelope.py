@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -10,7 +10,7 @@ import orjson
 
 def utc_timestamp(epoch: float | None = None) -> str:
     """ISO 8601 UTC with milliseconds, e.g. 2024-07-05T14:30:00.123Z."""
-    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=timezone.utc)
+    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -81,7 +81,7 @@ class Forwarder:
                 timeout=route.timeout,
                 allow_redirects=False,
             )
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             metrics.upstream_errors.labels(service.name, "timeout").inc()
             raise GatewayTimeout(details={"service": service.name}) from exc
         except aiohttp.ClientError as exc:
@@ -155,7 +155,7 @@ async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply
                 _abort(request, exchange, exc)
             else:
                 exchange.failure = "client closed the connection"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             _abort(request, exchange, exc)
         return stream
     finally:
@@ -174,7 +174,7 @@ async def _write_small(
     assert upstream is not None
     try:
         body = await upstream.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         upstream.close()
         timed_out = isinstance(exc, asyncio.TimeoutError)
         exchange.upstream_fault = "timeout" if timed_out else "reset"

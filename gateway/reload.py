@@ -34,7 +34,8 @@ class ReloadStatus:
     error: str | None = None
 
     def describe(self) -> dict[str, object]:
-        return {"ok": self.ok, "at": self.at, "revision": self.revision, "digest": self.digest[:12], "error": self.error}
+        digest = self.digest[:12]
+        return {"ok": self.ok, "at": self.at, "revision": self.revision, "digest": digest, "error": self.error}
 
 
 def _fingerprint(path: Path) -> tuple[int, int, int] | None:

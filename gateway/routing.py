@@ -18,7 +18,7 @@ from gateway.middleware.base import BuildContext, Handler, Middleware, Middlewar
 from gateway.resources import Resources
 
 
-class InstanceState(str, enum.Enum):
+class InstanceState(enum.StrEnum):
     UNKNOWN = "unknown"
     """Not checked yet; routable."""
     HEALTHY = "healthy"

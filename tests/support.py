@@ -54,7 +54,8 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: float = 15.0) -> GatewayProcess:
+    def launch(self, *, new_session: bool = False) -> GatewayProcess:
+        """Start the process without waiting for its port; new_session gives it its own process group."""
         env = {**os.environ, "LOG_LEVEL": "INFO", **self.env}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.log_path = self.registry.with_suffix(f".{self.port}.log")
@@ -62,8 +63,14 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "gateway", "--registry", str(self.registry),
                  "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session,
             )
+        return self
+
+    def start(self, wait: float = 15.0) -> GatewayProcess:
+        """Start the process and wait until it listens."""
+        self.launch()
+        assert self.proc is not None
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -49,7 +49,8 @@ class RouteOptions(Model):
 
     auth: bool = Field(True, description="Whether the route requires a valid JWT (enforced by the jwt middleware).")
     strip_prefix: PathPrefix = Field(
-        "/api/v1", description="Leading path removed before forwarding: /api/v1/users/x reaches the service as /users/x."
+        "/api/v1",
+        description="Leading path removed before forwarding: /api/v1/users/x reaches the service as /users/x.",
     )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts.")
     max_body_size: ByteSize = Field(
@@ -67,7 +68,8 @@ class GatewayOptions(Model):
     """Gateway-wide options (the top-level `gateway:` section)."""
 
     admin_networks: tuple[IPvAnyNetwork, ...] = Field(
-        (), description="Client networks allowed to reach /metrics and the health and status endpoints; empty allows all."
+        (),
+        description="Client networks allowed to reach /metrics and the health and status endpoints; empty allows all.",
     )
     trusted_proxies: tuple[IPvAnyNetwork, ...] = Field(
         (), description="Peers (load balancers) whose X-Forwarded-For is trusted to name the client."

@@ -126,15 +126,7 @@ def spawn(process: GatewayProcess, *, new_session: bool = False) -> GatewayProce
 
     new_session puts it in a process group of its own, whose id is its pid (for os.killpg).
     """
-    env = {**os.environ, "LOG_LEVEL": "INFO", **process.env}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process.log_path = process.registry.with_suffix(f".{process.port}.log")
-    with process.log_path.open("wb") as log:
-        process.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "gateway", "--registry", str(process.registry),
-             "--host", "127.0.0.1", "--port", str(process.port), *process.args],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session,
-        )
+    process.launch(new_session=new_session)
     return process
 
 
