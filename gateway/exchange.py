@@ -73,9 +73,9 @@ class Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.failure: str | None = None
-        """Why the exchange broke after the reply started (upstream reset, client gone), for the logs."""
+        """What went wrong (upstream unreachable or reset, client gone), for the access log line."""
         self.upstream_fault: str | None = None
-        """Kind of upstream failure once the reply had started (reset, timeout), for metrics."""
+        """Kind of upstream failure (connect, timeout, reset, body_too_large), counted once at the end."""
         self.finish_hooks: list[Callable[[Exchange], None]] = []
         self.state: dict[str, Any] = {}
         """Free space for third-party middleware."""

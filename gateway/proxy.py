@@ -5,7 +5,6 @@ Bodies stream in both directions; nothing larger than a socket read sits in memo
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -18,8 +17,6 @@ from gateway.errors import BadGateway, ClientClosedRequest, GatewayTimeout, Payl
 from gateway.exchange import Exchange, Reply
 from gateway.headers import client_response_headers
 from gateway.resources import Resources
-
-log = logging.getLogger("gateway.proxy")
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _BODY_TOO_LARGE = "body_too_large"
@@ -67,7 +64,6 @@ class Forwarder:
 
         session = self.resources.session
         assert session is not None, "the upstream session opens with the app"
-        metrics = self.resources.metrics
         exchange.instance = instance
         instance.in_flight += 1
         exchange.on_finish(self._finish)
@@ -82,28 +78,35 @@ class Forwarder:
                 allow_redirects=False,
             )
         except TimeoutError as exc:
-            metrics.upstream_errors.labels(service.name, "timeout").inc()
+            _fault(exchange, "timeout", exc)
             raise GatewayTimeout(details={"service": service.name}) from exc
         except aiohttp.ClientError as exc:
             if exchange.state.get(_BODY_TOO_LARGE):
-                metrics.upstream_errors.labels(service.name, "body_too_large").inc()
+                _fault(exchange, "body_too_large", exc)
                 raise PayloadTooLarge(details={"limit": max_body}) from exc
             if exchange.state.get(_CLIENT_GONE):
-                raise ClientClosedRequest() from exc  # the client's fault, not the instance's
-            metrics.upstream_errors.labels(service.name, "connect").inc()
-            log.warning("upstream %s unreachable: %s", instance.url, exc.__class__.__name__)
+                exchange.failure = "client closed the connection during the upload"
+                raise ClientClosedRequest() from exc  # the client's doing, not the instance's
+            _fault(exchange, "connect", exc)
             raise BadGateway(details={"service": service.name}) from exc
-        metrics.upstream_seconds.labels(service.name).observe(time.perf_counter() - started)
+        self.resources.metrics.upstream_seconds.labels(service.name).observe(time.perf_counter() - started)
         headers = client_response_headers(response.headers, response.status)
         headers["X-Gateway-Service"] = service.name
         return Reply(response.status, headers, upstream=response)
 
-
     def _finish(self, exchange: Exchange) -> None:
+        """Every upstream failure is counted here, once, whichever stage it happened in."""
         if exchange.instance is not None:
             exchange.instance.in_flight -= 1
         if exchange.upstream_fault is not None:
             self.resources.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
+
+
+def _fault(exchange: Exchange, kind: str, cause: BaseException) -> None:
+    """Record an upstream failure: counted by the finish hook, explained in the access log line."""
+    exchange.upstream_fault = kind
+    instance = exchange.instance.url if exchange.instance else "?"
+    exchange.failure = f"upstream {kind} ({instance}): {cause.__class__.__name__}"
 
 
 async def _capped_body(content: aiohttp.StreamReader, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
@@ -140,7 +143,7 @@ async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply
         try:
             await stream.prepare(request)
         except ConnectionError:
-            exchange.failure = "client closed the connection"
+            exchange.failure = exchange.failure or "client closed the connection"
             return stream
         if request.method == "HEAD" or reply.status in _NO_BODY_STATUSES:
             await stream.write_eof()
@@ -154,7 +157,7 @@ async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply
             if isinstance(exc, aiohttp.ClientError):  # the instance, not the client, broke off
                 _abort(request, exchange, exc)
             else:
-                exchange.failure = "client closed the connection"
+                exchange.failure = exchange.failure or "client closed the connection"
         except (TimeoutError, aiohttp.ClientError) as exc:
             _abort(request, exchange, exc)
         return stream
@@ -176,10 +179,8 @@ async def _write_small(
         body = await upstream.read()
     except (TimeoutError, aiohttp.ClientError) as exc:
         upstream.close()
-        timed_out = isinstance(exc, asyncio.TimeoutError)
-        exchange.upstream_fault = "timeout" if timed_out else "reset"
-        exchange.failure = f"upstream broke off the response: {exc.__class__.__name__}"
-        log.warning(exchange.failure)
+        timed_out = isinstance(exc, TimeoutError)
+        _fault(exchange, "timeout" if timed_out else "reset", exc)
         details = {"service": exchange.service}
         error = GatewayTimeout(details=details) if timed_out else BadGateway(
             "Bad Gateway: the service broke off its response", details=details
@@ -199,14 +200,12 @@ async def _send_whole(request: web.BaseRequest, exchange: Exchange, response: we
         await response.write_eof()
         exchange.bytes_sent = response.content_length or 0
     except ConnectionError:
-        exchange.failure = "client closed the connection"
+        exchange.failure = exchange.failure or "client closed the connection"
     return response
 
 
 def _abort(request: web.BaseRequest, exchange: Exchange, cause: BaseException) -> None:
     """Headers are already out: the only honest signal left is to cut the client connection."""
-    exchange.upstream_fault = "timeout" if isinstance(cause, asyncio.TimeoutError) else "reset"
-    exchange.failure = f"upstream broke off the response: {cause.__class__.__name__}"
-    log.warning(exchange.failure)
+    _fault(exchange, "timeout" if isinstance(cause, TimeoutError) else "reset", cause)
     if request.transport is not None:
         request.transport.close()

@@ -233,7 +233,7 @@ async def test_upstream_killed_mid_body_cuts_the_client_off(
 
     async def logged() -> bool:
         return any(
-            r.get("path") == "/api/v1/flaky/stream" and r.get("failure", "").startswith("upstream broke off")
+            r.get("path") == "/api/v1/flaky/stream" and r.get("failure", "").startswith("upstream reset")
             for r in json_lines(gw.output())
         )
 
