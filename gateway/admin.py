@@ -52,7 +52,7 @@ class _Endpoints:
         if self.gw.resources.draining:
             return "draining"
         states = [service.state for service in self.gw.table.services.values()]
-        return "ok" if all(state == "up" for state in states) else "degraded"
+        return "ok" if all(state in ("up", "unchecked") for state in states) else "degraded"
 
     def _config(self) -> dict[str, object]:
         table = self.gw.table

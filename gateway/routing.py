@@ -66,12 +66,14 @@ class Service:
 
     @property
     def state(self) -> str:
+        """no-instances, down (none routable), degraded (some unhealthy), up (all healthy),
+        or unchecked (all routable, some not health-checked yet)."""
         if not self.instances:
             return "no-instances"
-        routable = sum(instance.routable for instance in self.instances)
-        if routable == 0:
-            return "down"
-        return "up" if routable == len(self.instances) else "degraded"
+        states = [instance.state for instance in self.instances]
+        if InstanceState.UNHEALTHY in states:
+            return "down" if all(state is InstanceState.UNHEALTHY for state in states) else "degraded"
+        return "unchecked" if InstanceState.UNKNOWN in states else "up"
 
 
 @dataclass(frozen=True, slots=True)

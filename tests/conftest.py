@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings
+from tests import backends
 from tests.support import GatewayProcess
 
 StartUpstream = Callable[[web.Application], Awaitable[str]]
@@ -66,3 +67,19 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """URL of a Redis that answers; fails under CI and skips loudly elsewhere when there is none."""
+    url = backends.redis_url()
+    backends.require("Redis", backends.redis_answers(url), url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> str:
+    """URL of a RabbitMQ that answers; fails under CI and skips loudly elsewhere when there is none."""
+    url = backends.amqp_url()
+    backends.require("RabbitMQ", backends.amqp_answers(url), url)
+    return url

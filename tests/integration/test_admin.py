@@ -76,7 +76,7 @@ async def test_health_degrades_when_an_instance_is_unhealthy(
     assert data["status"] == "degraded"
     assert detailed["status"] == "degraded"
     states = {entry["name"]: entry["state"] for entry in detailed["services"]}
-    assert states == {"user-service": "up", "order-service": "down"}
+    assert states == {"user-service": "unchecked", "order-service": "down"}
 
 
 async def test_health_detailed(
@@ -95,7 +95,7 @@ async def test_health_detailed(
     users_url = table.services["user-service"].instances[0].url
     assert data["services"][0] == {
         "name": "user-service",
-        "state": "up",
+        "state": "unchecked",
         "instances": [{"url": users_url, "state": "unknown", "inFlight": 0}],
         "health": {"path": "/health", "intervalSeconds": 30.0},
     }

@@ -131,12 +131,15 @@ def test_pick(states: tuple[InstanceState, ...], picks: list[int | None]) -> Non
     ("states", "expected"),
     [
         ((), "no-instances"),
-        ((U,), "up"),
-        ((H, U), "up"),
+        ((U,), "unchecked"),
+        ((H, U), "unchecked"),
+        ((H, H), "up"),
         ((H, X), "degraded"),
+        ((U, X), "degraded"),
         ((X, X), "down"),
     ],
-    ids=["no-instances", "unknown-is-up", "all-routable", "some-unhealthy", "all-unhealthy"],
+    ids=["no-instances", "not-checked-yet", "partly-checked", "all-healthy", "some-unhealthy",
+         "unchecked-and-unhealthy", "all-unhealthy"],
 )
 def test_service_state(states: tuple[InstanceState, ...], expected: str) -> None:
     assert service_of(*states).state == expected

@@ -1,0 +1,60 @@
+"""The real Redis and RabbitMQ the suite talks to (REDIS_URL, AMQP_URL), and how a test asks for them.
+
+A test that needs a server it cannot reach fails under CI (CI=true) and is skipped loudly elsewhere.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from yarl import URL
+
+from gateway.config.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
+
+
+def redis_url() -> str:
+    return os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def amqp_url() -> str:
+    return os.environ.get("AMQP_URL", DEFAULT_AMQP_URL)
+
+
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    parsed = URL(url)
+    return parsed.host or "127.0.0.1", parsed.port or default_port
+
+
+def redis_answers(url: str, timeout: float = 2.0) -> bool:
+    """PING over the Redis protocol."""
+    try:
+        with socket.create_connection(_address(url, 6379), timeout=timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = sock.recv(64)
+    except OSError:
+        return False
+    # +PONG, or -NOAUTH from a server that wants a password: either way a Redis answered.
+    return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+def amqp_answers(url: str, timeout: float = 3.0) -> bool:
+    """Send the AMQP 0-9-1 protocol header; a broker answers with a method frame (type 1)."""
+    try:
+        with socket.create_connection(_address(url, 5672), timeout=timeout) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            reply = sock.recv(1)
+    except OSError:
+        return False
+    return reply == b"\x01"
+
+
+def require(name: str, reachable: bool, url: str) -> None:
+    """Fail (under CI) or skip loudly when a server a test needs is missing."""
+    if reachable:
+        return
+    where = URL(url).with_password("***") if URL(url).password else url
+    message = f"{name} is not reachable at {where}: run the suite with ops/test, which starts or installs it"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(f"MISSING BACKEND: {message}")
