@@ -203,7 +203,7 @@ def render(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         if r["core_busy"] is not None and r["core_busy"] < 0.9:
             notes.append(f"note: {r['target']} kept its core only {r['core_busy']:.0%} busy (limited by wrk/upstream).")
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     lines += notes
     lines.append("machine: {nproc} cores ({cpu_model}), Python {python}, aiohttp {aiohttp}, upstream {upstream}; "
