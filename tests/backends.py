@@ -26,27 +26,24 @@ def _address(url: str, default_port: int) -> tuple[str, int]:
     return parsed.host or "127.0.0.1", parsed.port or default_port
 
 
-def redis_answers(url: str, timeout: float = 2.0) -> bool:
-    """PING over the Redis protocol."""
+def _first_bytes(url: str, default_port: int, greeting: bytes, size: int, timeout: float) -> bytes:
+    """Connect, send a greeting, return what the server answers first (b"" when nothing answers)."""
     try:
-        with socket.create_connection(_address(url, 6379), timeout=timeout) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            reply = sock.recv(64)
+        with socket.create_connection(_address(url, default_port), timeout=timeout) as sock:
+            sock.sendall(greeting)
+            return sock.recv(size)
     except OSError:
-        return False
-    # +PONG, or -NOAUTH from a server that wants a password: either way a Redis answered.
-    return reply.startswith((b"+PONG", b"-NOAUTH"))
+        return b""
+
+
+def redis_answers(url: str, timeout: float = 2.0) -> bool:
+    """PING over the Redis protocol: +PONG, or -NOAUTH from a server that wants a password."""
+    return _first_bytes(url, 6379, b"*1\r\n$4\r\nPING\r\n", 64, timeout).startswith((b"+PONG", b"-NOAUTH"))
 
 
 def amqp_answers(url: str, timeout: float = 3.0) -> bool:
     """Send the AMQP 0-9-1 protocol header; a broker answers with a method frame (type 1)."""
-    try:
-        with socket.create_connection(_address(url, 5672), timeout=timeout) as sock:
-            sock.sendall(b"AMQP\x00\x00\x09\x01")
-            reply = sock.recv(1)
-    except OSError:
-        return False
-    return reply == b"\x01"
+    return _first_bytes(url, 5672, b"AMQP\x00\x00\x09\x01", 1, timeout) == b"\x01"
 
 
 def require(name: str, reachable: bool, url: str) -> None:
