@@ -44,6 +44,7 @@ class Exchange:
         "upstream_path",
         "upstream_headers",
         "response_headers",
+        "response_header_overrides",
         "terminal",
         "instance",
         "status",
@@ -67,7 +68,9 @@ class Exchange:
         self.upstream_headers: CIMultiDict[str] | None = None
         """Headers for the upstream request; None when the request is not proxied."""
         self.response_headers: list[tuple[str, str]] = []
-        """Headers added to whatever reply the client gets, errors included."""
+        """Headers added to whatever reply the client gets, errors included (next to the upstream's)."""
+        self.response_header_overrides: dict[str, str] = {}
+        """Headers set on whatever reply the client gets, replacing any of the same name."""
         self.terminal: Handler | None = None
         self.instance: Instance | None = None
         self.status = 0

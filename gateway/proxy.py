@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.errors import BadGateway, ClientClosedRequest, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
-from gateway.exchange import Exchange, Reply
+from gateway.exchange import SERVER, Exchange, Reply
 from gateway.headers import client_response_headers
 from gateway.resources import Resources
 
@@ -90,6 +90,12 @@ class Forwarder:
             _fault(exchange, "connect", exc)
             raise BadGateway(details={"service": service.name}) from exc
         self.resources.metrics.upstream_seconds.labels(service.name).observe(time.perf_counter() - started)
+        if not 200 <= response.status <= 599:
+            # 1xx here would be an unsolicited interim or a switch of protocols nobody asked for.
+            response.close()
+            exchange.upstream_fault = "invalid"
+            exchange.failure = f"upstream answered with an invalid status {response.status}"
+            raise BadGateway("Bad Gateway: the service sent an invalid response", details={"service": service.name})
         headers = client_response_headers(response.headers, response.status)
         headers["X-Gateway-Service"] = service.name
         return Reply(response.status, headers, upstream=response)
@@ -128,44 +134,74 @@ async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply
     """Send the reply, streaming an upstream body chunk by chunk; record status and bytes on the exchange."""
     headers = reply.headers
     for name, value in exchange.response_headers:
-        headers[name] = value
+        headers.add(name, value)
+    headers.update(exchange.response_header_overrides)
     exchange.status = reply.status
     upstream = reply.upstream
     if upstream is None:
         return await _send_whole(request, exchange, web.Response(status=reply.status, body=reply.body, headers=headers))
 
+    # aiohttp would add its own Server header (with its version) to a response that has none.
+    headers.setdefault("Server", SERVER)
     length = upstream.content_length
     if length is not None and length <= _BUFFERED_BODY_LIMIT and request.method != "HEAD":
         return await _write_small(request, exchange, reply, headers)
 
     stream = web.StreamResponse(status=reply.status, reason=upstream.reason, headers=headers)
     try:
-        try:
-            await stream.prepare(request)
-        except ConnectionError:
-            exchange.failure = exchange.failure or "client closed the connection"
-            return stream
-        if request.method == "HEAD" or reply.status in _NO_BODY_STATUSES:
-            await stream.write_eof()
-            return stream
-        try:
-            async for chunk in upstream.content.iter_any():
-                await stream.write(chunk)
-                exchange.bytes_sent += len(chunk)
-            await stream.write_eof()
-        except ConnectionError as exc:
-            if isinstance(exc, aiohttp.ClientError):  # the instance, not the client, broke off
-                _abort(request, exchange, exc)
+        if await _prepare(request, exchange, stream):
+            if request.method == "HEAD" or reply.status in _NO_BODY_STATUSES:
+                await _finish(exchange, stream)
             else:
-                exchange.failure = exchange.failure or "client closed the connection"
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            _abort(request, exchange, exc)
+                await _pump(request, exchange, upstream, stream)
         return stream
     finally:
         if exchange.failure is None and upstream.content.at_eof():
             upstream.release()
         else:
             upstream.close()
+
+
+async def _prepare(request: web.BaseRequest, exchange: Exchange, response: web.StreamResponse) -> bool:
+    """Send the status line and headers; False when the client is gone."""
+    try:
+        await response.prepare(request)
+    except ConnectionError:
+        exchange.failure = exchange.failure or "client closed the connection"
+        return False
+    return True
+
+
+async def _finish(exchange: Exchange, response: web.StreamResponse, body: bytes = b"") -> None:
+    """Write the last bytes and end the response; the client may be gone by now."""
+    try:
+        await response.write_eof(body)
+    except ConnectionError:
+        exchange.failure = exchange.failure or "client closed the connection"
+        return
+    exchange.bytes_sent += len(body)
+
+
+async def _pump(
+    request: web.BaseRequest, exchange: Exchange, upstream: aiohttp.ClientResponse, stream: web.StreamResponse
+) -> None:
+    """Copy the upstream body to the client; a failure is blamed on the side that failed."""
+    content = upstream.content
+    while True:
+        try:
+            chunk = await content.readany()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            _abort(request, exchange, exc)
+            return
+        if not chunk:
+            await _finish(exchange, stream)
+            return
+        try:
+            await stream.write(chunk)
+        except ConnectionError:
+            exchange.failure = exchange.failure or "client closed the connection"
+            return
+        exchange.bytes_sent += len(chunk)
 
 
 async def _write_small(
@@ -188,19 +224,19 @@ async def _write_small(
         return await write_reply(request, exchange, exchange.error_reply(error))
     finally:
         upstream.release()
-    headers.popall("Content-Length", None)
-    return await _send_whole(
-        request, exchange, web.Response(status=reply.status, reason=upstream.reason, body=body, headers=headers)
-    )
+    # The length is now known for sure; the headers otherwise stay as the instance sent them.
+    headers["Content-Length"] = str(len(body))
+    stream = web.StreamResponse(status=reply.status, reason=upstream.reason, headers=headers)
+    if await _prepare(request, exchange, stream):
+        await _finish(exchange, stream, body)
+    return stream
 
 
 async def _send_whole(request: web.BaseRequest, exchange: Exchange, response: web.Response) -> web.Response:
-    try:
-        await response.prepare(request)
-        await response.write_eof()
-        exchange.bytes_sent = response.content_length or 0
-    except ConnectionError:
-        exchange.failure = exchange.failure or "client closed the connection"
+    if await _prepare(request, exchange, response):
+        await _finish(exchange, response)
+        if exchange.failure is None:
+            exchange.bytes_sent = response.content_length or 0
     return response
 
 

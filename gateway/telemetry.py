@@ -62,7 +62,7 @@ class GatewayMetrics:
         )
         self.upstream_errors = Counter(
             "kadai_gateway_upstream_errors_total",
-            "Upstream exchanges that failed, by service and kind (connect, timeout, reset, body_too_large).",
+            "Upstream exchanges that failed, by service and kind (connect, timeout, reset, invalid, body_too_large).",
             ["service", "kind"],
             registry=registry,
         )

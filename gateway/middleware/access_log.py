@@ -58,7 +58,8 @@ class AccessLogMiddleware(Middleware):
         }
         if exchange.failure:
             fields["failure"] = exchange.failure
-        level = logging.ERROR if status >= 500 or exchange.failure else logging.INFO
+        # A client hanging up is routine; a failing instance or a 5xx is what someone must look at.
+        level = logging.ERROR if status >= 500 or exchange.upstream_fault else logging.INFO
         # The request-ID contextvar is reset by now; bind it for this line.
         token = request_id_var.set(exchange.request_id)
         try:

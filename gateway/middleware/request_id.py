@@ -49,7 +49,7 @@ class RequestIdMiddleware(Middleware):
         exchange.request_id = request_id
         if exchange.upstream_headers is not None:
             exchange.upstream_headers[self.header] = request_id
-        exchange.response_headers.append((self.header, request_id))
+        exchange.response_header_overrides[self.header] = request_id
         token = request_id_var.set(request_id)
         try:
             return await call_next(exchange)
