@@ -67,6 +67,8 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         table = self.table
         options = table.config.gateway
+        peer = request.remote
+        trusted_peer = bool(options.trusted_proxies) and in_networks(peer or "", options.trusted_proxies)
         exchange = Exchange(request, self._client_ip(request, options))
         chain: Handler = table.edge_chain
         try:
@@ -90,6 +92,7 @@ class Gateway:
                     client_ip=exchange.client_ip,
                     scheme=request.scheme,
                     service=route.service.name,
+                    from_trusted_proxy=trusted_peer,
                     body_length=request.content_length,
                 )
                 chain = route.chain

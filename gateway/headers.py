@@ -58,9 +58,12 @@ def upstream_request_headers(
     client_ip: str,
     scheme: str,
     service: str,
+    from_trusted_proxy: bool = False,
     body_length: int | None,
 ) -> CIMultiDict[str]:
-    """Headers sent to the instance: end-to-end client headers plus the gateway's forwarding headers."""
+    """Headers sent to the instance: end-to-end client headers plus the gateway's forwarding headers.
+
+    Client-sent forwarding headers are replaced, except X-Forwarded-Proto/Host from a trusted proxy."""
     named = connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
@@ -72,8 +75,11 @@ def upstream_request_headers(
         out["Content-Length"] = str(body_length)
     previous = ", ".join(incoming.getall("X-Forwarded-For", ())) if "x-forwarded-for" not in named else ""
     out["X-Forwarded-For"] = f"{previous}, {client_ip}" if previous else client_ip
-    out["X-Forwarded-Proto"] = scheme
-    host = incoming.get("Host")
+    # Behind a trusted proxy (a TLS-terminating load balancer) the scheme and host the client used are
+    # the proxy's to tell; from anyone else they are what this connection shows.
+    proto = incoming.get("X-Forwarded-Proto", "").strip().lower() if from_trusted_proxy else ""
+    out["X-Forwarded-Proto"] = proto if proto in ("http", "https") else scheme
+    host = (incoming.get("X-Forwarded-Host") if from_trusted_proxy else None) or incoming.get("Host")
     if host:
         out["X-Forwarded-Host"] = host
     out["X-Gateway-Service"] = service
@@ -96,23 +102,35 @@ def client_response_headers(upstream: CIMultiDictProxy[str], status: int) -> CIM
 def client_address(
     peer: str | None, forwarded_for: Iterable[str], trusted: tuple[IPv4Network | IPv6Network, ...]
 ) -> str:
-    """The client's address: the peer, unless the peer is a trusted proxy, then the nearest untrusted hop."""
+    """The client's address: the peer, unless the peer is a trusted proxy, then the nearest untrusted hop
+    of X-Forwarded-For. A hop that is not an address makes the client "unknown": never a trusted one."""
     address = peer or "unknown"
     if not trusted or not in_networks(address, trusted):
         return address
     hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not in_networks(hop, trusted):
-            return hop if _is_ip(hop) else address
+        parsed = hop_address(hop)
+        if parsed is None:
+            return "unknown"
+        if not in_networks(parsed, trusted):
+            return parsed
+    # Only trusted hops, or none: the request comes from the proxies themselves (health checks).
     return address
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ip_address(text)
-    except ValueError:
-        return False
-    return True
+def hop_address(hop: str) -> str | None:
+    """The address in one X-Forwarded-For hop: 1.2.3.4, 1.2.3.4:5678, 2001:db8::1 or [2001:db8::1]:5678."""
+    candidates = [hop]
+    if hop.startswith("[") and "]" in hop:
+        candidates.append(hop[1 : hop.index("]")])
+    elif hop.count(":") == 1:
+        candidates.append(hop.split(":", 1)[0])
+    for candidate in candidates:
+        try:
+            return str(ip_address(candidate))
+        except ValueError:
+            continue
+    return None
 
 
 def in_networks(text: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:

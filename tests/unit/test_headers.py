@@ -184,14 +184,19 @@ TRUSTED = networks("10.0.0.0/8", "fd00::/8")
         ("10.0.0.9", ["6.6.6.6, 1.2.3.4, 10.0.0.5"], TRUSTED, "1.2.3.4"),
         ("10.0.0.9", ["6.6.6.6", "1.2.3.4", "10.0.0.5"], TRUSTED, "1.2.3.4"),
         ("10.0.0.9", ["10.1.1.1, 10.0.0.5"], TRUSTED, "10.0.0.9"),
-        ("10.0.0.9", ["1.2.3.4, not-an-ip"], TRUSTED, "10.0.0.9"),
+        ("10.0.0.9", ["1.2.3.4, not-an-ip"], TRUSTED, "unknown"),
+        ("10.0.0.9", ["unknown"], TRUSTED, "unknown"),
         ("10.0.0.9", ["1.2.3.4, , 10.0.0.5"], TRUSTED, "1.2.3.4"),
+        ("10.0.0.9", ["203.0.113.9:4711"], TRUSTED, "203.0.113.9"),
+        ("10.0.0.9", ["[2001:db8::1]:4711"], TRUSTED, "2001:db8::1"),
+        ("10.0.0.9", ["10.0.0.7:80"], TRUSTED, "10.0.0.9"),
         ("fd00::1", ["2001:db8::1"], TRUSTED, "2001:db8::1"),
         (None, ["1.2.3.4"], TRUSTED, "unknown"),
     ],
     ids=["untrusted-peer", "nothing-trusted", "nothing-trusted-private-peer", "trusted-peer-no-xff",
          "trusted-peer", "nearest-untrusted-from-right", "several-xff-headers", "all-hops-trusted",
-         "garbage-hop", "empty-hop-skipped", "ipv6", "no-peer"],
+         "garbage-hop-fails-closed", "unknown-hop-fails-closed", "empty-hop-skipped", "ipv4-with-port",
+         "bracketed-ipv6-with-port", "trusted-hop-with-port", "ipv6", "no-peer"],
 )
 def test_client_address(
     peer: str | None, forwarded_for: list[str], trusted: tuple[IPv4Network | IPv6Network, ...], expected: str
@@ -219,3 +224,25 @@ def test_in_networks(text: str, expected: bool) -> None:
 
 def test_in_networks_with_no_networks_is_false() -> None:
     assert in_networks("10.0.0.1", ()) is False
+
+
+@pytest.mark.parametrize(
+    ("trusted", "sent", "proto", "host"),
+    [
+        (False, [("Host", "gw.example"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil")],
+         "http", "gw.example"),
+        (True, [("Host", "gw.internal"), ("X-Forwarded-Proto", "HTTPS"), ("X-Forwarded-Host", "shop.example")],
+         "https", "shop.example"),
+        (True, [("Host", "gw.internal"), ("X-Forwarded-Proto", "gopher")], "http", "gw.internal"),
+        (True, [("Host", "gw.internal")], "http", "gw.internal"),
+    ],
+    ids=["untrusted-client-cannot-claim", "trusted-proxy-tells", "trusted-proxy-nonsense-proto", "trusted-silent"],
+)
+def test_forwarded_proto_and_host_come_from_trusted_proxies_only(
+    trusted: bool, sent: Pairs, proto: str, host: str
+) -> None:
+    out = upstream_request_headers(
+        incoming(sent), client_ip="1.2.3.4", scheme="http", service="s", body_length=None,
+        from_trusted_proxy=trusted,
+    )
+    assert (out["X-Forwarded-Proto"], out["X-Forwarded-Host"]) == (proto, host)
