@@ -19,7 +19,15 @@ from gateway.admin import admin_endpoints
 from gateway.config.loader import load_registry
 from gateway.config.schema import GatewayOptions, RegistryConfig
 from gateway.config.settings import Settings
-from gateway.errors import BadRequest, ExpectationFailed, Forbidden, GatewayError, InternalError, NotFound
+from gateway.errors import (
+    BadRequest,
+    ClientClosedRequest,
+    ExpectationFailed,
+    Forbidden,
+    GatewayError,
+    InternalError,
+    NotFound,
+)
 from gateway.exchange import Exchange, Reply
 from gateway.headers import client_address, in_networks, upstream_request_headers
 from gateway.keys import GATEWAY_KEY
@@ -89,7 +97,7 @@ class Gateway:
                 exchange.upstream_path = _upstream_path(target, route.config.options.strip_prefix)
                 exchange.upstream_headers = upstream_request_headers(
                     request.headers,
-                    client_ip=exchange.client_ip,
+                    peer=peer or "unknown",
                     scheme=request.scheme,
                     service=route.service.name,
                     from_trusted_proxy=trusted_peer,
@@ -118,7 +126,9 @@ class Gateway:
                 reply = exchange.error_reply(InternalError())
             return await write_reply(request, exchange, reply)
         except asyncio.CancelledError:
-            exchange.failure = exchange.failure or "cancelled (drain timeout or shutdown)"
+            # The client hung up (handler cancellation), or the drain at shutdown ran out of time.
+            exchange.failure = exchange.failure or "cancelled: the client went away or the drain timed out"
+            exchange.status = exchange.status or ClientClosedRequest.status
             raise
         finally:
             # Also when cancelled: gauges and instance counters must come back down.

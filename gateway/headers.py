@@ -55,7 +55,7 @@ def _hop_by_hop(name: str, named: frozenset[str]) -> bool:
 def upstream_request_headers(
     incoming: CIMultiDictProxy[str],
     *,
-    client_ip: str,
+    peer: str,
     scheme: str,
     service: str,
     from_trusted_proxy: bool = False,
@@ -74,7 +74,8 @@ def upstream_request_headers(
     if body_length is not None:
         out["Content-Length"] = str(body_length)
     previous = ", ".join(incoming.getall("X-Forwarded-For", ())) if "x-forwarded-for" not in named else ""
-    out["X-Forwarded-For"] = f"{previous}, {client_ip}" if previous else client_ip
+    # Each proxy appends the address its connection came from: the peer, even when that is a trusted proxy.
+    out["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
     # Behind a trusted proxy (a TLS-terminating load balancer) the scheme and host the client used are
     # the proxy's to tell; from anyone else they are what this connection shows.
     proto = incoming.get("X-Forwarded-Proto", "").strip().lower() if from_trusted_proxy else ""

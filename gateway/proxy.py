@@ -13,7 +13,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.errors import BadGateway, ClientClosedRequest, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
+from gateway.errors import (
+    BadGateway,
+    ClientClosedRequest,
+    GatewayTimeout,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from gateway.exchange import SERVER, Exchange, Reply
 from gateway.headers import client_response_headers
 from gateway.resources import Resources

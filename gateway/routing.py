@@ -14,7 +14,13 @@ import aiohttp
 
 from gateway.config.schema import HealthCheck, RegistryConfig, RouteConfig
 from gateway.exchange import Exchange, Reply
-from gateway.middleware.base import BuildContext, Handler, Middleware, MiddlewareConfig, compile_chain
+from gateway.middleware.base import (
+    BuildContext,
+    Handler,
+    Middleware,
+    MiddlewareConfig,
+    compile_chain,
+)
 from gateway.resources import Resources
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from gateway.logs import log_fields
 log = logging.getLogger("gateway.server")
 
 _CRASH_LOOP_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1
 
 
 async def serve(
@@ -33,7 +35,15 @@ async def serve(
     """Serve until SIGTERM/SIGINT, then drain and return."""
     gw = Gateway(settings, registry)
     app = create_app(gw)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=settings.drain_timeout)
+    # handler_cancellation: a client that hangs up cancels its request, upstream call included, instead
+    # of leaving it to hold a pooled connection until the route's timeout.
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.drain_timeout,
+        handler_cancellation=True,
+    )
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -85,34 +95,42 @@ def run_single(settings: Settings, registry: str | Path, host: str, port: int, r
 
 
 def run_workers(settings: Settings, registry: str | Path, host: str, port: int, workers: int) -> int:
-    """Start N worker processes bound with SO_REUSEPORT, restart any that dies, stop them all on a signal."""
+    """Start N worker processes bound with SO_REUSEPORT, restart any that dies, stop them all on a signal.
+
+    Workers run in a session of their own, so a signal to the supervisor's process group (Ctrl-C, a
+    service manager) reaches them once, through the supervisor; they die with it if it is killed.
+    """
     metrics_dir = tempfile.mkdtemp(prefix="kadai-metrics-")
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     command = [
         sys.executable, "-m", "gateway", "gateway",
         "--registry", str(registry), "--host", host, "--port", str(port), "--workers", "1", "--reuse-port",
     ]
+    children: list[subprocess.Popen[bytes]] = []
     stopping = False
-    received: list[int] = []
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: object) -> None:
         nonlocal stopping
+        if not stopping:  # forwarded at once, and only once: a second SIGTERM would cut the drain delay
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
         stopping = True
-        received.append(signum)
 
     def forward_hup(_signum: int, _frame: object) -> None:
         for child in children:
             child.send_signal(signal.SIGHUP)
 
+    def spawn() -> subprocess.Popen[bytes]:
+        parent = os.getpid()
+        return subprocess.Popen(  # noqa: PLW1509 - the preexec work is async-signal-safe enough: no locks
+            command, env=env, start_new_session=True, preexec_fn=lambda: _prepare_worker(parent)
+        )
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward_hup)
-    def spawn() -> subprocess.Popen[bytes]:
-        # Workers start with SIGHUP ignored until their event loop installs the reload handler:
-        # a SIGHUP forwarded while one is still importing must not kill it.
-        return subprocess.Popen(command, env=env, preexec_fn=_ignore_sighup)  # noqa: PLW1509
-
-    children = [spawn() for _ in range(workers)]
+    children.extend(spawn() for _ in range(workers))
     started = [time.monotonic()] * workers
     log.info("gateway supervisor started", extra=log_fields(workers=workers, pids=[c.pid for c in children]))
     exit_code = 0
@@ -127,18 +145,18 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
                 if time.monotonic() - started[index] < _CRASH_LOOP_SECONDS:
                     # Dying right after start (port taken, bad config) would only repeat: give up.
                     log.error("worker failed at start-up; stopping", extra=log_fields(pid=child.pid, code=code))
-                    stopping, exit_code = True, 1
+                    on_signal(signal.SIGTERM, None)
+                    exit_code = 1
                     break
                 log.error("worker exited; starting another", extra=log_fields(pid=child.pid, code=code))
                 children[index] = spawn()
                 started[index] = time.monotonic()
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        # One deadline for all: every worker drains at the same time, delay included.
+        deadline = time.monotonic() + settings.drain_delay + settings.drain_timeout + 5
         failed = 0
         for child in children:
             try:
-                code = child.wait(timeout=settings.drain_timeout + 5)
+                code = child.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
                 code = child.wait()
@@ -153,8 +171,23 @@ def run_workers(settings: Settings, registry: str | Path, host: str, port: int, 
         os.rmdir(metrics_dir)
 
 
-def _ignore_sighup() -> None:
+def _prepare_worker(parent: int) -> None:
+    """Runs in the worker between fork and exec."""
+    # SIGHUP is ignored until the worker's event loop installs the reload handler: one forwarded while
+    # it is still importing must not kill it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this process when the supervisor dies (it is in another session)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: a killed supervisor leaves its workers to the service manager
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _mark_dead(pid: int, metrics_dir: str) -> None:

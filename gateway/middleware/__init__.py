@@ -10,7 +10,13 @@ import importlib
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 
-from gateway.middleware.base import BuildContext, Handler, Middleware, MiddlewareConfig, compile_chain
+from gateway.middleware.base import (
+    BuildContext,
+    Handler,
+    Middleware,
+    MiddlewareConfig,
+    compile_chain,
+)
 
 __all__ = [
     "BUILTIN",

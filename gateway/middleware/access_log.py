@@ -58,8 +58,10 @@ class AccessLogMiddleware(Middleware):
         }
         if exchange.failure:
             fields["failure"] = exchange.failure
-        # A client hanging up is routine; a failing instance or a 5xx is what someone must look at.
-        level = logging.ERROR if status >= 500 or exchange.upstream_fault else logging.INFO
+        # Someone must look at a failing instance, a 5xx on a route, or a bug (500); a client hanging up or
+        # the health endpoint saying 503 while draining is routine.
+        routed_5xx = status >= 500 and exchange.route is not None
+        level = logging.ERROR if exchange.upstream_fault or routed_5xx or status == 500 else logging.INFO
         # The request-ID contextvar is reset by now; bind it for this line.
         token = request_id_var.set(exchange.request_id)
         try:

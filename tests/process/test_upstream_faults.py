@@ -238,3 +238,40 @@ async def test_upstream_killed_mid_body_cuts_the_client_off(
         )
 
     await wait_until(logged, 3.0, "the access log to record the broken response")
+
+
+async def test_a_client_hanging_up_cancels_its_upstream_request(
+    tmp_path: Path, start_upstream: StartUpstream, gateway_process: Callable[..., GatewayProcess]
+) -> None:
+    """Abandoned requests must not keep pooled connections busy until the route's timeout."""
+    arrived = asyncio.Event()
+    gone = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        for _ in range(100):  # up to 5 s
+            await asyncio.sleep(0.05)
+            if request.transport is None or request.transport.is_closing():
+                gone.set()
+                break
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    base = await start_upstream(app)
+    registry = write_registry(tmp_path / "registry.yaml", {"slow": service([base], "/api/v1/slow")})
+    gw = gateway_process(registry)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /api/v1/slow/x HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(arrived.wait(), 5.0)
+    writer.close()
+    await writer.wait_closed()
+
+    await asyncio.wait_for(gone.wait(), 3.0)  # the gateway closed its upstream connection
+    await wait_until(
+        lambda: any(r.get("path") == "/api/v1/slow/x" for r in json_lines(gw.output())), 3.0,
+        "the access log line of the abandoned request",
+    )
+    line = next(r for r in json_lines(gw.output()) if r.get("path") == "/api/v1/slow/x")
+    assert line["status"] == 499 and line["level"] == "info"

@@ -260,3 +260,31 @@ async def test_sighup_while_workers_start_does_not_stop_the_gateway(tmp_path: Pa
     await wait_listening(gw)
     assert len(await _worker_pids(gw)) == 2
     assert gw.proc is not None and gw.proc.poll() is None
+
+
+async def test_workers_all_report_draining_for_the_whole_drain_delay(
+    tmp_path: Path, start_upstream: StartUpstream, gateway_process: Callable[..., GatewayProcess]
+) -> None:
+    """The supervisor waits for the delay plus the drain, not a fixed time per worker."""
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", _echo)
+    base = await start_upstream(app)
+    registry = write_registry(tmp_path / "registry.yaml", {"echo": service([base], "/api/v1/echo")})
+    gw = gateway_process(
+        registry, args=["--workers", "2"], env={"KADAI_DRAIN_DELAY": "3s", "KADAI_DRAIN_TIMEOUT": "1s"}
+    )
+    await _worker_pids(gw)
+    started = time.monotonic()
+    gw.signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)  # the signal travels: supervisor, then each worker's event loop
+    answers: list[bool] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        while time.monotonic() - started < 2.5:
+            async with session.get(f"{gw.url}/api/v1/health/detailed") as response:
+                assert response.status == 503
+                answers.append((await response.json())["data"]["gateway"]["draining"])
+            await asyncio.sleep(0.1)
+    assert len(answers) >= 10 and all(answers)  # every worker kept serving, saying it drains
+    code, _ = await wait_exit(gw, 15.0)
+    assert code == 0
+    assert time.monotonic() - started >= 3.0

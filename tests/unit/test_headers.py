@@ -17,7 +17,7 @@ def incoming(pairs: Pairs) -> CIMultiDictProxy[str]:
 
 def upstream(pairs: Pairs, *, body_length: int | None = None, client_ip: str = "10.0.0.9") -> CIMultiDict[str]:
     return upstream_request_headers(
-        incoming(pairs), client_ip=client_ip, scheme="https", service="user-service", body_length=body_length
+        incoming(pairs), peer=client_ip, scheme="https", service="user-service", body_length=body_length
     )
 
 
@@ -242,7 +242,7 @@ def test_forwarded_proto_and_host_come_from_trusted_proxies_only(
     trusted: bool, sent: Pairs, proto: str, host: str
 ) -> None:
     out = upstream_request_headers(
-        incoming(sent), client_ip="1.2.3.4", scheme="http", service="s", body_length=None,
+        incoming(sent), peer="1.2.3.4", scheme="http", service="s", body_length=None,
         from_trusted_proxy=trusted,
     )
     assert (out["X-Forwarded-Proto"], out["X-Forwarded-Host"]) == (proto, host)

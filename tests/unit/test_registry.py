@@ -451,3 +451,8 @@ def test_load_registry_names_an_unreadable_file(tmp_path: Path) -> None:
         load_registry(missing)
     assert caught.value.source == str(missing)
     assert caught.value.problems[0].startswith("cannot read the file: ")
+
+
+def test_an_unhashable_yaml_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"line 2, column 3: invalid YAML: a mapping key must be a plain value"):
+        parse_registry(b"version: 1\n? [a, b]\n: 1\nservices: {}\n", "r.yaml")
