@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import web
@@ -178,14 +178,20 @@ async def _prepare(request: web.BaseRequest, exchange: Exchange, response: web.S
     return True
 
 
-async def _finish(exchange: Exchange, response: web.StreamResponse, body: bytes = b"") -> None:
-    """Write the last bytes and end the response; the client may be gone by now."""
+async def _to_client(exchange: Exchange, write: Awaitable[None], size: int) -> bool:
+    """Await one write to the client; False (and the reason on the exchange) when the client is gone."""
     try:
-        await response.write_eof(body)
+        await write
     except ConnectionError:
         exchange.failure = exchange.failure or "client closed the connection"
-        return
-    exchange.bytes_sent += len(body)
+        return False
+    exchange.bytes_sent += size
+    return True
+
+
+async def _finish(exchange: Exchange, response: web.StreamResponse, body: bytes = b"") -> None:
+    """Write the last bytes and end the response."""
+    await _to_client(exchange, response.write_eof(body), len(body))
 
 
 async def _pump(
@@ -202,12 +208,8 @@ async def _pump(
         if not chunk:
             await _finish(exchange, stream)
             return
-        try:
-            await stream.write(chunk)
-        except ConnectionError:
-            exchange.failure = exchange.failure or "client closed the connection"
+        if not await _to_client(exchange, stream.write(chunk), len(chunk)):
             return
-        exchange.bytes_sent += len(chunk)
 
 
 async def _write_small(
@@ -239,10 +241,8 @@ async def _write_small(
 
 
 async def _send_whole(request: web.BaseRequest, exchange: Exchange, response: web.Response) -> web.Response:
-    if await _prepare(request, exchange, response):
-        await _finish(exchange, response)
-        if exchange.failure is None:
-            exchange.bytes_sent = response.content_length or 0
+    if await _prepare(request, exchange, response) and await _to_client(exchange, response.write_eof(), 0):
+        exchange.bytes_sent = response.content_length or 0
     return response
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -70,36 +71,37 @@ async def test_middleware_headers_are_added_next_to_the_services(
     assert len(response.headers.getall("X-Request-ID")) == 1
 
 
-async def _answer_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: bytes) -> None:
-    """Answer one request with bytes aiohttp would refuse to produce, then close."""
-    try:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(response)
-        await writer.drain()
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+@contextlib.asynccontextmanager
+async def raw_upstream(response: bytes) -> AsyncIterator[str]:
+    """An upstream answering every request with bytes aiohttp would refuse to produce; yields its URL."""
 
-
-async def test_invalid_upstream_status_is_a_502(
-    registry_path: Path, gateway_client: GatewayClient
-) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _answer_raw(reader, writer, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: weird\r\nConnection: upgrade\r\n\r\n")
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(response)
+            await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
-        client = await gateway_client(users_registry(registry_path, f"http://127.0.0.1:{port}"))
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_invalid_upstream_status_is_a_502(registry_path: Path, gateway_client: GatewayClient) -> None:
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: weird\r\nConnection: upgrade\r\n\r\n"
+    async with raw_upstream(switch) as base:
+        client = await gateway_client(users_registry(registry_path, base))
         response = await client.get("/api/v1/users/x")
         assert response.status == 502
         assert_error_envelope(await response.json(), 502, response.headers["X-Request-ID"])
         metrics = await (await client.get("/metrics")).text()
-        assert metric_value(metrics, "kadai_gateway_upstream_errors_total", service="user-service", kind="invalid") == 1
-    finally:
-        server.close()
-        await server.wait_closed()
+    assert metric_value(metrics, "kadai_gateway_upstream_errors_total", service="user-service", kind="invalid") == 1
 
 
 async def test_a_client_leaving_mid_download_is_not_an_upstream_fault(
@@ -142,19 +144,11 @@ async def test_a_client_leaving_mid_download_is_not_an_upstream_fault(
 async def test_a_response_without_server_header_does_not_name_aiohttp(
     registry_path: Path, gateway_client: GatewayClient
 ) -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _answer_raw(reader, writer, b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno")
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        client = await gateway_client(users_registry(registry_path, f"http://127.0.0.1:{port}"))
+    async with raw_upstream(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno") as base:
+        client = await gateway_client(users_registry(registry_path, base))
         response = await client.get("/api/v1/users/x")
         assert (response.status, await response.text()) == (401, "no")
         assert response.headers["Server"] == "kadai-gateway"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_trusted_proxy_tells_scheme_and_host_and_admin_check_fails_closed(

@@ -27,13 +27,16 @@ async def _echo(request: web.Request) -> web.Response:
 
 
 async def _start(
-    tmp_path: Path, start_upstream: StartUpstream, gateway_process: Callable[..., GatewayProcess]
+    tmp_path: Path,
+    start_upstream: StartUpstream,
+    gateway_process: Callable[..., GatewayProcess],
+    env: dict[str, str] | None = None,
 ) -> GatewayProcess:
     app = web.Application()
     app.router.add_get("/{tail:.*}", _echo)
     base = await start_upstream(app)
     registry = write_registry(tmp_path / "registry.yaml", {"echo": service([base], "/api/v1/echo")})
-    return gateway_process(registry, args=["--workers", "2"], env={"KADAI_DRAIN_TIMEOUT": "5s"})
+    return gateway_process(registry, args=["--workers", "2"], env=env or {"KADAI_DRAIN_TIMEOUT": "5s"})
 
 
 async def _pid_of_new_connection(gw: GatewayProcess) -> int:
@@ -266,12 +269,8 @@ async def test_workers_all_report_draining_for_the_whole_drain_delay(
     tmp_path: Path, start_upstream: StartUpstream, gateway_process: Callable[..., GatewayProcess]
 ) -> None:
     """The supervisor waits for the delay plus the drain, not a fixed time per worker."""
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", _echo)
-    base = await start_upstream(app)
-    registry = write_registry(tmp_path / "registry.yaml", {"echo": service([base], "/api/v1/echo")})
-    gw = gateway_process(
-        registry, args=["--workers", "2"], env={"KADAI_DRAIN_DELAY": "3s", "KADAI_DRAIN_TIMEOUT": "1s"}
+    gw = await _start(
+        tmp_path, start_upstream, gateway_process, env={"KADAI_DRAIN_DELAY": "3s", "KADAI_DRAIN_TIMEOUT": "1s"}
     )
     await _worker_pids(gw)
     started = time.monotonic()

@@ -1,10 +1,9 @@
 """Unit tests of gateway.envelope (the spec's response bodies) and gateway.tokens (development JWTs)."""
 from __future__ import annotations
 
-import warnings
-
 import re
 import time
+import warnings
 from datetime import datetime
 from typing import Any
 
