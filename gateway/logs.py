@@ -10,7 +10,6 @@ from contextvars import ContextVar
 from typing import Any, TextIO
 
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.envelope import utc_timestamp
 
@@ -57,21 +56,6 @@ class ConsoleFormatter(logging.Formatter):
         return text
 
 
-class MalformedRequestFilter(logging.Filter):
-    """aiohttp logs a full traceback at error level for every request its HTTP parser rejects (it has
-    answered 400 already). That is the client's mistake, not ours: keep one short info line instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            record.msg = "rejected a request the HTTP parser could not read: %s"
-            record.args = (error.message,)
-            record.exc_info = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            return logging.getLogger().isEnabledFor(logging.INFO)
-        return True
-
-
 def configure_logging(level: int | str, service: str = "api-gateway", stream: TextIO | None = None) -> None:
     """Route every logger to one handler on stdout; JSON unless stdout is a terminal."""
     stream = stream or sys.stdout
@@ -82,6 +66,4 @@ def configure_logging(level: int | str, service: str = "api-gateway", stream: Te
     root.setLevel(level)
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    server_log = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
-        server_log.addFilter(MalformedRequestFilter())
+

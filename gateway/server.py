@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings
 from gateway.logs import log_fields
+from gateway.protocol import use_envelope_errors
 
 log = logging.getLogger("gateway.server")
 
@@ -45,6 +46,7 @@ async def serve(
         handler_cancellation=True,
     )
     await runner.setup()
+    use_envelope_errors(runner)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
