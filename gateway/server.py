@@ -82,16 +82,7 @@ async def serve(
     log.info("gateway stopped")
 
 
-def _event_loop_policy() -> None:
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def run_single(settings: Settings, registry: str | Path, host: str, port: int, reuse_port: bool = False) -> int:
-    _event_loop_policy()
     asyncio.run(serve(settings, registry, host, port, reuse_port=reuse_port))
     return 0
 
