@@ -75,9 +75,8 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         table = self.table
         options = table.config.gateway
-        peer = request.remote
-        trusted_peer = bool(options.trusted_proxies) and in_networks(peer or "", options.trusted_proxies)
-        exchange = Exchange(request, self._client_ip(request, options))
+        peer, client_ip, trusted_peer = _identify(request, options)
+        exchange = Exchange(request, client_ip)
         chain: Handler = table.edge_chain
         try:
             if "Expect" in request.headers and request.headers["Expect"].lower() != "100-continue":
@@ -97,7 +96,7 @@ class Gateway:
                 exchange.upstream_path = _upstream_path(target, route.config.options.strip_prefix)
                 exchange.upstream_headers = upstream_request_headers(
                     request.headers,
-                    peer=peer or "unknown",
+                    peer=peer,
                     scheme=request.scheme,
                     service=route.service.name,
                     from_trusted_proxy=trusted_peer,
@@ -110,7 +109,7 @@ class Gateway:
 
     async def refuse(self, request: web.BaseRequest, error: GatewayError) -> web.StreamResponse:
         """Answer a request aiohttp refused before dispatch, through the edge chain like any other."""
-        exchange = Exchange(request, self._client_ip(request, self.table.config.gateway))
+        exchange = Exchange(request, _identify(request, self.table.config.gateway)[1])
         exchange.terminal = _raiser(error)
         return await self._run(exchange, self.table.edge_chain)
 
@@ -154,12 +153,15 @@ class Gateway:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
 
-    @staticmethod
-    def _client_ip(request: web.BaseRequest, options: GatewayOptions) -> str:
-        peer = request.remote
-        if options.trusted_proxies:
-            return client_address(peer, request.headers.getall("X-Forwarded-For", ()), options.trusted_proxies)
-        return peer or "unknown"
+
+
+def _identify(request: web.BaseRequest, options: GatewayOptions) -> tuple[str, str, bool]:
+    """(peer address, client address, whether the peer is a trusted proxy), each worked out once."""
+    peer = request.remote or "unknown"
+    if not (options.trusted_proxies and in_networks(peer, options.trusted_proxies)):
+        return peer, peer, False
+    forwarded_for = request.headers.getall("X-Forwarded-For", ())
+    return peer, client_address(peer, forwarded_for, options.trusted_proxies), True
 
 
 def _request_target(request: web.BaseRequest) -> Target:
