@@ -76,6 +76,7 @@ class _Endpoints:
             "gateway": {"version": gateway.__version__, "draining": self.gw.resources.draining},
             "config": self._config(),
             "services": self._service_list(with_routes=False),
+            "components": {name: report() for name, report in self.gw.resources.components.items()},
         }
         return exchange.json_reply(503 if status == "draining" else 200, data)
 

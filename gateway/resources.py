@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -11,7 +12,12 @@ from gateway.config.settings import Settings
 from gateway.telemetry import GatewayMetrics
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from gateway.reload import ReloadStatus
+
+ComponentReport = Callable[[], dict[str, Any]]
+"""Returns a component's state for /api/v1/health/detailed; must be cheap and never raise."""
 
 
 @dataclass(slots=True)
@@ -24,3 +30,8 @@ class Resources:
     draining: bool = False
     """Set once shutdown starts: health answers 503 so load balancers stop sending traffic."""
     reload_status: ReloadStatus | None = None
+    redis: Redis | None = None
+    """The process's Redis client (rate limits, response cache); open while the app runs."""
+    components: dict[str, ComponentReport] = field(default_factory=dict)
+    """Extra parts of the gateway (limiter backend, JWT keys, ...) reporting under "components" in
+    /api/v1/health/detailed, by name."""

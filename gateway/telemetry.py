@@ -85,6 +85,77 @@ class GatewayMetrics:
             multiprocess_mode="livemax",
         )
 
+        # The resilience chain (issue #3): one block per middleware, so dashboards can rely on the names.
+        self.auth_rejections = Counter(
+            "kadai_gateway_auth_rejections_total",
+            "Requests refused by the JWT check, by service and reason (missing, malformed, expired, signature, claims, role).",
+            ["service", "reason"],
+            registry=registry,
+        )
+        self.ratelimit_decisions = Counter(
+            "kadai_gateway_ratelimit_decisions_total",
+            "Rate-limit decisions by service, outcome (allowed, rejected, failed_open, failed_closed) and the tier that "
+            "decided (the tripped tier for a rejection, '-' otherwise).",
+            ["service", "outcome", "tier"],
+            registry=registry,
+        )
+        self.ratelimit_backend_errors = Counter(
+            "kadai_gateway_ratelimit_backend_errors_total",
+            "Limiter calls to Redis that failed, by kind (timeout, connection, error).",
+            ["kind"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "kadai_gateway_retries_total",
+            "Upstream attempts repeated by the retry policy, by service and cause (connect, timeout, status).",
+            ["service", "cause"],
+            registry=registry,
+        )
+        self.retry_budget_exhausted = Counter(
+            "kadai_gateway_retry_budget_exhausted_total",
+            "Retries not made because the service's retry budget was spent, by service.",
+            ["service"],
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "kadai_gateway_breaker_state",
+            "Circuit breaker of each instance: 0 closed, 1 half-open, 2 open.",
+            ["service", "instance"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.breaker_transitions = Counter(
+            "kadai_gateway_breaker_transitions_total",
+            "Circuit breaker state changes, by service, instance and new state.",
+            ["service", "instance", "state"],
+            registry=registry,
+        )
+        self.breaker_rejections = Counter(
+            "kadai_gateway_breaker_rejections_total",
+            "Requests failed fast because the breakers of every candidate instance were open, by service.",
+            ["service"],
+            registry=registry,
+        )
+        self.instance_healthy = Gauge(
+            "kadai_gateway_instance_healthy",
+            "Health of each instance as the poller sees it: 1 routable, 0 taken out of routing.",
+            ["service", "instance"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.health_checks = Counter(
+            "kadai_gateway_health_checks_total",
+            "Health polls of instances, by service, instance and result (ok, failed).",
+            ["service", "instance", "result"],
+            registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "kadai_gateway_cache_lookups_total",
+            "Response cache lookups, by service and result (hit, miss, stale, bypass, error).",
+            ["service", "result"],
+            registry=registry,
+        )
+
     @staticmethod
     def method_label(method: str) -> str:
         """Client-chosen method names are unbounded; keep the label set small."""
