@@ -3,11 +3,13 @@ and is rendered into the spec's error envelope in exactly one place (Exchange.er
 
     GatewayError
     ├── BadRequest (400)            malformed request target or path
-    ├── Forbidden (403)             client network not allowed
+    ├── Unauthorized (401)          missing, malformed, expired or badly signed token
+    ├── Forbidden (403)             client network not allowed, or a role the token lacks
     ├── NotFound (404)              no route
     ├── MethodNotAllowed (405)      a gateway endpoint called with the wrong method
     ├── PayloadTooLarge (413)       body over the route's max_body_size
     ├── ExpectationFailed (417)     an Expect header other than 100-continue
+    ├── TooManyRequests (429)       a rate-limit tier is spent
     ├── ClientClosedRequest (499)   the client went away mid-request (logged, never seen by it)
     ├── InternalError (500)         a bug; details never leak
     ├── BadGateway (502)            instance unreachable, reset, or broken response
@@ -42,6 +44,11 @@ class BadRequest(GatewayError):
     default_message = "Bad Request"
 
 
+class Unauthorized(GatewayError):
+    status = 401
+    default_message = "Unauthorized"
+
+
 class Forbidden(GatewayError):
     status = 403
     default_message = "Forbidden"
@@ -65,6 +72,11 @@ class PayloadTooLarge(GatewayError):
 class ExpectationFailed(GatewayError):
     status = 417
     default_message = "Expectation Failed"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    default_message = "Too Many Requests"
 
 
 class ClientClosedRequest(GatewayError):

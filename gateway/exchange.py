@@ -14,6 +14,7 @@ from gateway.envelope import error_body, success_body
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
+    from gateway.auth.verifier import Claims
     from gateway.middleware.base import Handler
     from gateway.routing import Instance, Route
 
@@ -41,6 +42,7 @@ class Exchange:
         "service",
         "request_id",
         "client_ip",
+        "user",
         "upstream_path",
         "upstream_headers",
         "response_headers",
@@ -63,6 +65,8 @@ class Exchange:
         """Service label for logs and metrics: the route's service, or "gateway" for everything else."""
         self.request_id: str | None = None
         self.client_ip = client_ip
+        self.user: Claims | None = None
+        """The verified identity of the token, set by the jwt middleware; None when unauthenticated."""
         self.upstream_path = ""
         """Encoded path and query sent to the instance."""
         self.upstream_headers: CIMultiDict[str] | None = None
