@@ -33,6 +33,7 @@ from gateway.headers import client_address, in_networks, upstream_request_header
 from gateway.keys import GATEWAY_KEY
 from gateway.middleware.base import Handler
 from gateway.paths import Target, split_target
+from gateway.health import HealthPoller
 from gateway.proxy import Forwarder, open_upstream_session, write_reply
 from gateway.reload import RegistryWatcher, ReloadStatus
 from gateway.resources import Resources
@@ -210,6 +211,7 @@ def create_app(gw: Gateway) -> web.Application:
     app.router.add_route("*", r"/{tail:[\s\S]*}", gw.handle, expect_handler=gw.expect_continue)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_registry_watcher)
+    app.cleanup_ctx.append(_health_poller)
     return app
 
 
@@ -223,6 +225,16 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _registry_watcher(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[GATEWAY_KEY].watcher.run(), name="registry-watcher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _health_poller(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY_KEY]
+    poller = HealthPoller(lambda: gw.table, gw.resources)
+    task = asyncio.create_task(poller.run(), name="health-poller")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -49,6 +49,10 @@ class Exchange:
         "response_header_overrides",
         "terminal",
         "instance",
+        "pinned",
+        "held",
+        "body",
+        "attempts",
         "status",
         "bytes_sent",
         "failure",
@@ -77,6 +81,14 @@ class Exchange:
         """Headers set on whatever reply the client gets, replacing any of the same name."""
         self.terminal: Handler | None = None
         self.instance: Instance | None = None
+        """The instance the last upstream attempt went to (for the log)."""
+        self.pinned: Instance | None = None
+        """The instance the next attempt must use, chosen by the breaker; None lets the forwarder pick."""
+        self.held: Instance | None = None
+        """The instance whose in-flight count this request holds until its response is written."""
+        self.body: bytes | None = None
+        """The request body read whole so that a retry can replay it; None means stream it from the client."""
+        self.attempts = 0
         self.status = 0
         self.bytes_sent = 0
         self.failure: str | None = None
@@ -90,6 +102,13 @@ class Exchange:
     def on_finish(self, hook: Callable[[Exchange], None]) -> None:
         """Call hook(exchange) once the reply has been written (or failed), errors included."""
         self.finish_hooks.append(hook)
+
+    def release_instance(self) -> None:
+        """Give back the in-flight slot of the instance that answered (a retry drops that answer)."""
+        held = self.held
+        if held is not None:
+            held.in_flight -= 1
+            self.held = None
 
     @property
     def elapsed(self) -> float:

@@ -54,25 +54,31 @@ class Forwarder:
         route = exchange.route
         assert route is not None and exchange.upstream_headers is not None
         service = route.service
-        instance = service.pick()
-        if instance is None:
-            raise ServiceUnavailable(
-                f"No healthy instance of {service.name}", details={"service": service.name}
-            )
+        instance = exchange.pinned
+        if instance is not None:
+            exchange.pinned = None
+        else:
+            instance = service.pick()
+            if instance is None:
+                raise ServiceUnavailable(
+                    f"No healthy instance of {service.name}", details={"service": service.name}
+                )
         request = exchange.request
         max_body = route.config.options.max_body_size
-        length = request.content_length
-        if length is not None and length > max_body:
-            raise PayloadTooLarge(details={"limit": max_body, "received": length})
-        body: AsyncIterator[bytes] | None = None
-        if request.body_exists:
+        body: bytes | AsyncIterator[bytes] | None = exchange.body
+        if body is None and request.body_exists:
+            length = request.content_length
+            if length is not None and length > max_body:
+                raise PayloadTooLarge(details={"limit": max_body, "received": length})
             body = _capped_body(request.content, max_body, exchange)
 
         session = self.resources.session
         assert session is not None, "the upstream session opens with the app"
+        exchange.attempts += 1
+        if exchange.attempts == 1:
+            exchange.on_finish(self._finish)
         exchange.instance = instance
         instance.in_flight += 1
-        exchange.on_finish(self._finish)
         started = time.perf_counter()
         try:
             response = await session.request(
@@ -84,9 +90,11 @@ class Forwarder:
                 allow_redirects=False,
             )
         except TimeoutError as exc:
+            instance.in_flight -= 1
             _fault(exchange, "timeout", exc)
             raise GatewayTimeout(details={"service": service.name}) from exc
         except aiohttp.ClientError as exc:
+            instance.in_flight -= 1
             if exchange.state.get(_BODY_TOO_LARGE):
                 _fault(exchange, "body_too_large", exc)
                 raise PayloadTooLarge(details={"limit": max_body}) from exc
@@ -95,6 +103,10 @@ class Forwarder:
                 raise ClientClosedRequest() from exc  # the client's doing, not the instance's
             _fault(exchange, "connect", exc)
             raise BadGateway(details={"service": service.name}) from exc
+        except BaseException:
+            instance.in_flight -= 1
+            raise
+        exchange.held = instance
         self.resources.metrics.upstream_seconds.labels(service.name).observe(time.perf_counter() - started)
         if not 200 <= response.status <= 599:
             # 1xx here would be an unsolicited interim or a switch of protocols nobody asked for.
@@ -108,8 +120,7 @@ class Forwarder:
 
     def _finish(self, exchange: Exchange) -> None:
         """Every upstream failure is counted here, once, whichever stage it happened in."""
-        if exchange.instance is not None:
-            exchange.instance.in_flight -= 1
+        exchange.release_instance()
         if exchange.upstream_fault is not None:
             self.resources.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
 

@@ -32,6 +32,8 @@ class Resources:
     reload_status: ReloadStatus | None = None
     redis: Redis | None = None
     """The process's Redis client (rate limits, response cache); open while the app runs."""
+    retry_budgets: dict[str, Any] = field(default_factory=dict)
+    """The retry budget of each service (gateway.middleware.retry.RetryBudget), kept across reloads."""
     components: dict[str, ComponentReport] = field(default_factory=dict)
     """Extra parts of the gateway (limiter backend, JWT keys, ...) reporting under "components" in
     /api/v1/health/detailed, by name."""

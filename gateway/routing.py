@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
-from gateway.config.schema import HealthCheck, RegistryConfig, RouteConfig
+from gateway.config.schema import Balancer, HealthCheck, RegistryConfig, RouteConfig
+from gateway.envelope import utc_timestamp
 from gateway.exchange import Exchange, Reply
 from gateway.middleware.base import (
     BuildContext,
@@ -22,6 +24,9 @@ from gateway.middleware.base import (
     compile_chain,
 )
 from gateway.resources import Resources
+
+if TYPE_CHECKING:
+    from gateway.middleware.breaker import InstanceBreaker
 
 
 class InstanceState(enum.StrEnum):
@@ -33,40 +38,73 @@ class InstanceState(enum.StrEnum):
 
 
 class Instance:
-    __slots__ = ("url", "state", "in_flight")
+    __slots__ = ("url", "state", "in_flight", "breaker", "passes", "fails", "checked_at", "last_error")
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.state = InstanceState.UNKNOWN
         self.in_flight = 0
+        self.breaker: InstanceBreaker | None = None
+        """Set by the breaker middleware of the service's routes; None when no route guards it."""
+        self.passes = 0
+        """Health polls passed in a row (reset by a failure)."""
+        self.fails = 0
+        """Health polls failed in a row (reset by a pass)."""
+        self.checked_at: float | None = None
+        self.last_error: str | None = None
 
     @property
     def routable(self) -> bool:
         return self.state is not InstanceState.UNHEALTHY
 
     def describe(self) -> dict[str, object]:
-        return {"url": self.url, "state": self.state.value, "inFlight": self.in_flight}
+        described: dict[str, object] = {"url": self.url, "state": self.state.value, "inFlight": self.in_flight}
+        if self.checked_at is not None:
+            described["lastCheck"] = utc_timestamp(self.checked_at)
+            described["lastError"] = self.last_error
+        if self.breaker is not None:
+            described["breaker"] = self.breaker.describe()
+        return described
+
+
+Admit = Callable[[Instance], bool]
 
 
 class Service:
-    """A named service and its instances, balanced round-robin over the routable ones."""
+    """A named service and its instances, balanced over the routable ones (round-robin or least requests)."""
 
-    __slots__ = ("name", "instances", "health", "_turn")
+    __slots__ = ("name", "instances", "health", "balancer", "_turn")
 
-    def __init__(self, name: str, instances: tuple[Instance, ...], health: HealthCheck) -> None:
+    def __init__(
+        self, name: str, instances: tuple[Instance, ...], health: HealthCheck, balancer: Balancer = "round_robin"
+    ) -> None:
         self.name = name
         self.instances = instances
         self.health = health
+        self.balancer = balancer
         self._turn = itertools.count()
 
-    def pick(self) -> Instance | None:
-        count = len(self.instances)
+    def pick(self, admit: Admit | None = None) -> Instance | None:
+        """A routable instance that `admit` accepts (the breaker's say), or None.
+
+        least_requests takes the one with the fewest requests in flight; the rotating start breaks
+        ties in turn, so equal instances still share the load."""
+        instances = self.instances
+        count = len(instances)
         if count == 0:
             return None
         start = next(self._turn)
+        if self.balancer == "least_requests":
+            best: Instance | None = None
+            for offset in range(count):
+                instance = instances[(start + offset) % count]
+                if instance.routable and (admit is None or admit(instance)):
+                    if best is None or instance.in_flight < best.in_flight:
+                        best = instance
+            return best
         for offset in range(count):
-            instance = self.instances[(start + offset) % count]
-            if instance.routable:
+            instance = instances[(start + offset) % count]
+            if instance.routable and (admit is None or admit(instance)):
                 return instance
         return None
 
@@ -143,7 +181,9 @@ def build_table(
         for service in previous.services.values():
             known.update((instance.url, instance) for instance in service.instances)
     services = {
-        name: Service(name, tuple(known.get(url) or Instance(url) for url in spec.instances), spec.health)
+        name: Service(
+            name, tuple(known.get(url) or Instance(url) for url in spec.instances), spec.health, spec.balancer
+        )
         for name, spec in config.services.items()
     }
     routes: dict[str, Route] = {}

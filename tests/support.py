@@ -24,16 +24,24 @@ def free_port() -> int:
 
 
 def write_registry(path: Path, services: Mapping[str, Any], **top: Any) -> Path:
-    """Write a registry file: services is the `services:` mapping; top adds defaults/gateway/plugins."""
-    document: dict[str, Any] = {"version": 1, **top, "services": dict(services)}
+    """Write a registry file: services is the `services:` mapping; top adds defaults/gateway/plugins.
+
+    Routes need no token (`defaults: {auth: false}`) unless `defaults`, a service or a route sets `auth`:
+    most tests are about something else, and the JWT tests opt in."""
+    defaults = {"auth": False, **(top.pop("defaults", None) or {})}
+    document: dict[str, Any] = {"version": 1, **top, "defaults": defaults, "services": dict(services)}
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 
 
 def service(instances: list[str], *routes: str | dict[str, Any], **options: Any) -> dict[str, Any]:
-    """A service entry: service(["http://127.0.0.1:1234"], "/api/v1/users", {"prefix": "/api/v1/x", ...})."""
+    """A service entry: service(["http://127.0.0.1:1234"], "/api/v1/users", {"prefix": "/api/v1/x", ...}).
+
+    Health polling is off unless `health=` is given: background polls would land in the upstreams that
+    tests count requests on, and the poller has tests of its own."""
     return {
         "instances": instances,
+        "health": {"enabled": False},
         **options,
         "routes": [{"prefix": r} if isinstance(r, str) else r for r in routes],
     }

@@ -19,6 +19,7 @@ from gateway.config.errors import ConfigError, describe_validation_error, field_
 from gateway.config.schema import (
     RESERVED_PREFIXES,
     SERVICE_NAME,
+    Balancer,
     GatewayOptions,
     HealthCheck,
     PathPrefix,
@@ -41,6 +42,7 @@ class _ServiceDoc(BaseModel):
     model_config = ConfigDict(extra="allow")
     instances: list[str] = Field(default_factory=list, description="Base URLs of the service's instances.")
     health: HealthCheck = Field(default_factory=HealthCheck)
+    balancer: Balancer = Field("round_robin", description="round_robin, or least_requests (fewest in flight).")
     routes: list[_RouteDoc] = Field(min_length=1)
 
 
@@ -132,7 +134,9 @@ class _Resolver:
                 if route is not None:
                     routes.append(route)
             instances = self._instances(service_doc.instances, (*where, "instances"))
-            services[name] = ServiceConfig(name, instances, service_doc.health, tuple(routes))
+            services[name] = ServiceConfig(
+                name, instances, service_doc.health, tuple(routes), balancer=service_doc.balancer
+            )
         edge = self._enabled_middleware(defaults, ("defaults",), edge_only=True)
         if self.problems:
             raise ConfigError(self.source, list(dict.fromkeys(self.problems)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyNetwork
 
@@ -59,9 +59,20 @@ class RouteOptions(Model):
 
 
 class HealthCheck(Model):
+    enabled: bool = Field(True, description="Whether the gateway polls the instances of this service.")
     path: str = Field("/health", pattern=r"^/", description="Path polled on each instance.")
     interval: Duration = Field(30.0, gt=0, description="Time between two polls of an instance.")
     timeout: Duration = Field(2.0, gt=0, description="How long one poll may take before it counts as failed.")
+    unhealthy_threshold: int = Field(
+        2, ge=1, le=100, description="Failed polls in a row (error status, timeout, refusal) that take an instance out of routing."
+    )
+    healthy_threshold: int = Field(
+        2, ge=1, le=100, description="Successful polls in a row that put an unhealthy instance back into routing."
+    )
+
+
+Balancer = Literal["round_robin", "least_requests"]
+"""How requests spread over a service's instances: in turn, or to the one with the fewest in flight."""
 
 
 class GatewayOptions(Model):
@@ -91,6 +102,7 @@ class ServiceConfig:
     instances: tuple[str, ...]
     health: HealthCheck
     routes: tuple[RouteConfig, ...]
+    balancer: Balancer = "round_robin"
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,7 +149,8 @@ async def _chunks(chunk: bytes, count: int) -> AsyncIterator[bytes]:
 async def test_502_when_the_instance_port_is_closed(
     registry_path: Path, gateway_client: GatewayClient
 ) -> None:
-    registry = users_registry(registry_path, f"http://127.0.0.1:{free_port()}")
+    # One attempt: retries have their own tests (test_retry.py).
+    registry = users_registry(registry_path, f"http://127.0.0.1:{free_port()}", retry=False)
     client = await gateway_client(registry)
 
     body = await _expect_error(await client.get("/api/v1/users/x"), 502)
@@ -170,7 +171,7 @@ async def test_504_when_the_upstream_is_slower_than_the_read_timeout(
     app.router.add_get("/{tail:.*}", slow)
     base = await start_upstream(app)
     registry = write_registry(
-        registry_path, {"user-service": service([base], "/api/v1/users", timeouts={"read": "200ms"})}
+        registry_path, {"user-service": service([base], "/api/v1/users", timeouts={"read": "200ms"}, retry=False)}
     )
     client = await gateway_client(registry)
 

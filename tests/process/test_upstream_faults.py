@@ -130,7 +130,11 @@ async def _gateway(
     registry = write_registry(
         tmp_path / "registry.yaml",
         {
-            "flaky": service([upstream.url], {"prefix": "/api/v1/flaky", "timeouts": {"read": "30s"}}),
+            # One attempt per request and no breaker: these tests pin the core's own error mapping;
+            # retries and breakers have tests of their own.
+            "flaky": service(
+                [upstream.url], {"prefix": "/api/v1/flaky", "timeouts": {"read": "30s"}}, retry=False, breaker=False
+            ),
             "stable": service([await _stable_upstream(start_upstream)], "/api/v1/stable"),
         },
     )

@@ -22,9 +22,11 @@ from gateway.middleware import (
     import_middleware,
     load_catalogue,
 )
+from gateway.middleware import BUILTIN
 from gateway.middleware.access_log import AccessLogMiddleware
 from gateway.middleware.metrics import MetricsMiddleware
 from gateway.middleware.request_id import RequestIdMiddleware
+from tests.middleware_names import CORE, all_off, core
 from gateway.resources import Resources
 from gateway.routing import build_table
 
@@ -109,18 +111,21 @@ def registry(plugins: list[str], route_options: dict[str, Any], defaults: dict[s
     return yaml.safe_dump(document).encode()
 
 
-def test_catalogue_has_the_three_builtins() -> None:
-    assert load_catalogue() == {
+def test_catalogue_has_the_core_builtins() -> None:
+    catalogue = load_catalogue()
+    assert {name: catalogue[name] for name in CORE} == {
         "request_id": RequestIdMiddleware,
         "access_log": AccessLogMiddleware,
         "metrics": MetricsMiddleware,
     }
-    assert all(cls.ENABLED_BY_DEFAULT and cls.EDGE for cls in load_catalogue().values())
+    assert all(catalogue[name].ENABLED_BY_DEFAULT and catalogue[name].EDGE for name in CORE)
+    assert len(catalogue) == len(BUILTIN)
 
 
 def test_catalogue_adds_plugins_after_builtins() -> None:
     catalogue = load_catalogue([f"{HERE}:SomeMiddleware", f"{HERE}:SomeMiddleware"])
-    assert list(catalogue) == ["request_id", "access_log", "metrics", "some_plugin"]
+    assert core(catalogue) == ["request_id", "access_log", "metrics", "some_plugin"]
+    assert list(catalogue)[-1] == "some_plugin"
     assert catalogue["some_plugin"] is SomeMiddleware
 
 
@@ -238,8 +243,8 @@ def test_plugin_name_becomes_a_valid_option_key() -> None:
     assert "some_plugin" not in auth.middleware
     assert "some_plugin" not in config.edge_middleware
     table = build_table(config, Resources(settings=Settings()), terminal, 1)
-    assert table.routes["/api/v1/users"].middleware == ("request_id", "some_plugin", "metrics", "access_log")
-    assert table.routes["/api/v1/auth"].middleware == ("request_id", "metrics", "access_log")
+    assert core(table.routes["/api/v1/users"].middleware) == ["request_id", "some_plugin", "metrics", "access_log"]
+    assert core(table.routes["/api/v1/auth"].middleware) == ["request_id", "metrics", "access_log"]
 
 
 def test_plugin_config_is_validated_at_its_route() -> None:
@@ -257,7 +262,7 @@ def test_enabled_by_default_edge_plugin_wraps_routes_and_edge() -> None:
 
 
 async def test_edge_chain_runs_edge_middleware_then_the_exchange_terminal() -> None:
-    builtins_off = {"request_id": False, "metrics": False, "access_log": False}
+    builtins_off = all_off()
     config = parse_registry(registry([f"{HERE}:EdgePluginMiddleware"], {}, builtins_off), "reg.yaml")
     assert list(config.edge_middleware) == ["edge_plugin"]
     table = build_table(config, Resources(settings=Settings()), terminal, 1)

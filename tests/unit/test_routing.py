@@ -11,6 +11,7 @@ from gateway.config.settings import Settings
 from gateway.exchange import Exchange, Reply
 from gateway.resources import Resources
 from gateway.routing import Instance, InstanceState, RouteTable, Service, build_table
+from tests.middleware_names import core
 
 SERVICES: dict[str, Any] = {
     "users": {
@@ -81,8 +82,10 @@ def test_route_carries_its_service_config_and_timeouts(table: RouteTable) -> Non
 
 
 def test_chain_is_sorted_by_priority_highest_outermost(table: RouteTable) -> None:
-    assert table.routes["/api/v1/users"].middleware == ("request_id", "metrics", "access_log")
-    assert table.routes["/api/v1/orders"].middleware == ("request_id", "metrics")
+    assert core(table.routes["/api/v1/users"].middleware) == ["request_id", "metrics", "access_log"]
+    assert core(table.routes["/api/v1/orders"].middleware) == ["request_id", "metrics"]
+    priorities = [table.config.middleware_classes[name].PRIORITY for name in table.routes["/api/v1/users"].middleware]
+    assert priorities == sorted(priorities, reverse=True)
 
 
 def test_total_timeout_zero_means_no_limit() -> None:
