@@ -1,26 +1,78 @@
-# First working image for the gateway; later issues will extend it.
-FROM python:3.11-slim
+# syntax=docker/dockerfile:1.7
+# One image for the whole platform; the command picks the process:
+#   docker run -p 4000:4000 kadai                                       the gateway (kadai gateway)
+#   docker run kadai service order-service --host 0.0.0.0 --port 3003   one service
+# A service container also sets KADAI_HEALTHCHECK_URL to its own /health (see HEALTHCHECK below).
+# Needs BuildKit (the default builder since Docker 23) for the cache and bind mounts and the heredoc.
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# Run as an unprivileged user; the code itself stays root-owned (read-only to kadai).
-RUN useradd --create-home --uid 10001 kadai
-
-WORKDIR /app
-# Packaging metadata first so the layer order stays cache-friendly as it grows.
+# --- build: wheels of the project and of every dependency --------------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY gateway/ gateway/
 COPY services/ services/
-COPY registry.yaml ./
-RUN pip install --no-cache-dir .
+# The compiled dependencies (aiohttp, pydantic-core, orjson, hiredis, cryptography...) publish wheels
+# for CPython 3.11 on amd64 and arm64, so no compiler is needed; the cache mount keeps downloads across
+# builds without putting them in a layer.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip wheel --wheel-dir /wheels .
 
-USER kadai
-EXPOSE 4000
-# urlopen raises on connection errors and non-2xx answers, so any failure exits non-zero.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:4000/api/v1/health', timeout=3)"]
+# --- runtime ----------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="kadai" \
+      org.opencontainers.image.description="Kadai Gateway and the Kadai platform services" \
+      org.opencontainers.image.licenses="MIT"
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# The wheels are bind-mounted, not copied: they never become a layer of the final image.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels kadai-gateway
+
+# A fixed numeric UID, so Kubernetes' runAsNonRoot can verify it without a runAsUser. The code stays
+# root-owned (read-only to the process); /data is the one place a service writes (its SQLite files).
+# A volume mounted there is created with this ownership, so it is writable without running as root.
+RUN groupadd --system --gid 10001 kadai \
+    && useradd --system --uid 10001 --gid kadai --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin kadai \
+    && install -d -o kadai -g kadai -m 0750 /data
+
+# The container probe. It takes no proxy from the environment (HTTP_PROXY must not send a loopback
+# probe elsewhere), fails on a refused connection, a timeout and any answer outside 2xx (the gateway's
+# health answers 503 while it drains), and says why on stderr, which `docker inspect` shows.
+COPY --chmod=0755 <<'EOF' /usr/local/bin/kadai-healthcheck
+#!/usr/local/bin/python
+"""Exit 0 when $KADAI_HEALTHCHECK_URL answers 2xx within 3 seconds, 1 otherwise."""
+import os
+import sys
+import urllib.request
+
+url = os.environ.get("KADAI_HEALTHCHECK_URL") or "http://127.0.0.1:4000/api/v1/health"
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    opener.open(url, timeout=3).close()
+except Exception as exc:  # HTTPError (any answer outside 2xx), URLError, timeouts: all mean unhealthy
+    print(f"unhealthy: {url}: {exc}", file=sys.stderr)
+    sys.exit(1)
+EOF
+
+WORKDIR /app
+# The sample registry lets a bare `docker run` start; deployments mount their own (KADAI_REGISTRY).
+COPY registry.yaml ./
+
+# Bytecode was compiled at install time; a read-only root filesystem could not take new .pyc files.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    KADAI_DATA_DIR=/data \
+    KADAI_HEALTHCHECK_URL=http://127.0.0.1:4000/api/v1/health
+
+USER 10001:10001
+# 4000 the gateway; 3001-3007 and 8000 the services (each container runs one of them).
+EXPOSE 4000 3001-3007 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["kadai-healthcheck"]
 
 ENTRYPOINT ["kadai"]
-CMD ["gateway", "--host", "0.0.0.0"]
+CMD ["gateway", "--host", "0.0.0.0", "--port", "4000"]
