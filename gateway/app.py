@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import HttpVersion11, web
 
 from gateway.admin import admin_endpoints
+from gateway.auth import TokenVerifier
 from gateway.config.loader import load_registry
 from gateway.config.schema import GatewayOptions, RegistryConfig
 from gateway.config.settings import Settings
@@ -35,6 +36,7 @@ from gateway.middleware.base import Handler
 from gateway.paths import Target, split_target
 from gateway.health import HealthPoller
 from gateway.proxy import Forwarder, open_upstream_session, write_reply
+from gateway.redis_client import redis_client_context
 from gateway.reload import RegistryWatcher, ReloadStatus
 from gateway.resources import Resources
 from gateway.routing import RouteTable, build_table
@@ -210,6 +212,8 @@ def create_app(gw: Gateway) -> web.Application:
     # [\s\S]: a decoded %0A in the path must reach the gateway (and its 400), not fall out of the router.
     app.router.add_route("*", r"/{tail:[\s\S]*}", gw.handle, expect_handler=gw.expect_continue)
     app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_token_verifier)
+    app.cleanup_ctx.append(redis_client_context)
     app.cleanup_ctx.append(_registry_watcher)
     app.cleanup_ctx.append(_health_poller)
     return app
@@ -221,6 +225,22 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     yield
     await gw.resources.session.close()
     gw.resources.session = None
+
+
+async def _token_verifier(app: web.Application) -> AsyncIterator[None]:
+    """One verifier per process (route chains come and go with reloads; its cache and keys stay)."""
+    resources = app[GATEWAY_KEY].resources
+    verifier = resources.verifier
+    created = verifier is None
+    if verifier is None:
+        verifier = resources.verifier = TokenVerifier(resources.settings)
+    await verifier.start()
+    resources.components["jwt"] = verifier.describe
+    yield
+    resources.components.pop("jwt", None)
+    await verifier.close()
+    if created:
+        resources.verifier = None
 
 
 async def _registry_watcher(app: web.Application) -> AsyncIterator[None]:

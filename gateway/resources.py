@@ -14,6 +14,7 @@ from gateway.telemetry import GatewayMetrics
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from gateway.auth.verifier import TokenVerifier
     from gateway.reload import ReloadStatus
 
 ComponentReport = Callable[[], dict[str, Any]]
@@ -32,6 +33,8 @@ class Resources:
     reload_status: ReloadStatus | None = None
     redis: Redis | None = None
     """The process's Redis client (rate limits, response cache); open while the app runs."""
+    verifier: TokenVerifier | None = None
+    """The process's JWT verifier (its cache of verified tokens outlives registry reloads); set while the app runs."""
     retry_budgets: dict[str, Any] = field(default_factory=dict)
     """The retry budget of each service (gateway.middleware.retry.RetryBudget), kept across reloads."""
     components: dict[str, ComponentReport] = field(default_factory=dict)

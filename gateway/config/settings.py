@@ -32,10 +32,37 @@ def mask_url(url: str) -> str:
     return str(parsed.with_password("***")) if parsed.password else url
 
 
+def public_url(url: str) -> str:
+    """The URL fit for logs and status output: no password and no query (it may carry an API key)."""
+    try:
+        return mask_url(str(URL(url).with_query(None).with_fragment(None)))
+    except (ValueError, TypeError):
+        return "<unparseable URL>"
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     env: Literal["development", "production"] = "development"
     jwt_secret: str = field(default=DEV_JWT_SECRET, repr=False)
+    """HS* secret; "" in production when tokens are verified with public keys and no secret is set."""
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    """Allowed `alg` values: HS* only (verified with jwt_secret) or RS/PS/ES* only (public keys)."""
+    jwt_public_key_file: str | None = None
+    """PEM public key verifying RS/PS/ES* tokens (exclusive with jwt_jwks_url)."""
+    jwt_jwks_url: str | None = field(default=None, repr=False)
+    """JWKS URL whose keys verify RS/PS/ES* tokens, chosen by the token's kid."""
+    jwt_issuer: str | None = None
+    """Required `iss` when set."""
+    jwt_audience: tuple[str, ...] = ()
+    """When set, `aud` must name one of these."""
+    jwt_leeway: float = 5.0
+    """Clock skew tolerated on exp, nbf and iat, in seconds."""
+    jwt_cache_size: int = 10_000
+    """Verified tokens remembered until their exp; 0 verifies every request."""
+    jwt_jwks_ttl: float = 600.0
+    """Age after which the JWKS is fetched again (in the background)."""
+    jwt_jwks_refresh_interval: float = 10.0
+    """Shortest time between two JWKS fetches, however many unknown kids arrive."""
     redis_url: str = DEFAULT_REDIS_URL
     amqp_url: str = DEFAULT_AMQP_URL
     log_level: str = "INFO"
@@ -56,13 +83,32 @@ class Settings:
     def log_level_number(self) -> int:
         return logging.getLevelName(self.log_level)
 
+    @property
+    def jwt_key_source(self) -> Literal["secret", "publicKeyFile", "jwks"]:
+        if self.jwt_jwks_url:
+            return "jwks"
+        return "publicKeyFile" if self.jwt_public_key_file else "secret"
+
     def public_view(self) -> dict[str, object]:
         """What may be shown in logs and status output."""
+        if not self.jwt_secret:
+            secret_state = "not set"
+        else:
+            secret_state = "development default" if self.jwt_secret == DEV_JWT_SECRET else "set"
         return {
             "env": self.env,
             "redisUrl": mask_url(self.redis_url),
             "amqpUrl": mask_url(self.amqp_url),
-            "jwtSecret": "development default" if self.jwt_secret == DEV_JWT_SECRET else "set",
+            "jwtSecret": secret_state,
+            "jwt": {
+                "algorithms": list(self.jwt_algorithms),
+                "keySource": self.jwt_key_source,
+                "publicKeyFile": self.jwt_public_key_file,
+                "jwksUrl": public_url(self.jwt_jwks_url) if self.jwt_jwks_url else None,
+                "issuer": self.jwt_issuer,
+                "audience": list(self.jwt_audience),
+                "leewaySeconds": self.jwt_leeway,
+            },
             "logLevel": self.log_level,
             "registry": self.registry_path,
         }
@@ -92,15 +138,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append(f"KADAI_ENV: expected development or production, got {mode!r}")
         mode = "development"
 
-    secret = env.get("JWT_SECRET", "")
-    if mode == "production":
-        if not secret:
-            problems.append("JWT_SECRET: required when KADAI_ENV=production")
-        elif secret == DEV_JWT_SECRET:
-            problems.append("JWT_SECRET: the development secret is refused when KADAI_ENV=production")
-        elif len(secret) < 32:
-            problems.append("JWT_SECRET: use at least 32 characters in production")
-    secret = secret or DEV_JWT_SECRET
+    jwt_settings = _load_jwt(env, mode == "production", problems)
 
     redis_url = env.get("REDIS_URL", DEFAULT_REDIS_URL)
     amqp_url = env.get("AMQP_URL", DEFAULT_AMQP_URL)
@@ -131,7 +169,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("environment", problems)
     return Settings(
         env=mode,  # type: ignore[arg-type]
-        jwt_secret=secret,
+        **jwt_settings,  # type: ignore[arg-type]
         redis_url=redis_url,
         amqp_url=amqp_url,
         log_level=level,
@@ -140,3 +178,107 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         drain_delay=durations["KADAI_DRAIN_DELAY"],
         reload_interval=durations["KADAI_RELOAD_INTERVAL"],
     )
+
+
+_MAX_LEEWAY = 300.0
+_MAX_CACHE_SIZE = 1_000_000
+
+
+def _load_jwt(env: Mapping[str, str], production: bool, problems: list[str]) -> dict[str, object]:
+    """The JWT_* variables: one key source, an allow-list that fits it, and the claim checks."""
+    # Imported here: gateway.auth imports this module.
+    from gateway.auth.keys import HMAC_MIN_SECRET, KeyProblem, is_hmac, load_public_key_file, parse_algorithms
+
+    if "JWT_ALGORITHM" in env:
+        problems.append("JWT_ALGORITHM: not read; the allow-list is JWT_ALGORITHMS (comma-separated)")
+    key_file = env.get("JWT_PUBLIC_KEY_FILE", "").strip() or None
+    jwks_url = env.get("JWT_JWKS_URL", "").strip() or None
+    if key_file and jwks_url:
+        problems.append("JWT_JWKS_URL: set JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL, not both")
+
+    algorithms: tuple[str, ...] | None = None
+    listed = env.get("JWT_ALGORITHMS", "").strip()
+    if listed:
+        try:
+            algorithms = parse_algorithms(listed)
+        except KeyProblem as exc:
+            problems.append(f"JWT_ALGORITHMS: {exc}")
+    elif not (key_file or jwks_url):
+        algorithms = ("HS256",)
+    elif jwks_url:
+        algorithms = ("RS256",)
+    if algorithms is not None and is_hmac(algorithms) and (key_file or jwks_url):
+        problems.append(
+            "JWT_ALGORITHMS: HS* tokens are verified with JWT_SECRET; "
+            "with JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL allow RS*, PS* or ES* algorithms"
+        )
+    if algorithms is not None and not is_hmac(algorithms) and not (key_file or jwks_url):
+        problems.append("JWT_ALGORITHMS: RS*, PS* and ES* tokens need JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL")
+
+    if key_file and not (algorithms is not None and is_hmac(algorithms)):
+        try:
+            if algorithms is None:
+                # Not listed: the key's type decides (an RSA key gives RS256, an EC key its curve's ES*).
+                bound = load_public_key_file(key_file, ("RS256", "ES256", "ES384", "ES512"))
+                algorithms = tuple(sorted(bound.algorithms))
+            else:
+                load_public_key_file(key_file, algorithms)
+        except KeyProblem as exc:
+            problems.append(f"JWT_PUBLIC_KEY_FILE: {exc}")
+    if jwks_url:
+        problem = _url_problem(jwks_url, ("https", "http"))
+        if problem:
+            problems.append(f"JWT_JWKS_URL: {problem}")
+        elif production and not jwks_url.lower().startswith("https://"):
+            problems.append("JWT_JWKS_URL: must be an https:// URL when KADAI_ENV=production")
+
+    secret = env.get("JWT_SECRET", "")
+    uses_secret = algorithms is None or is_hmac(algorithms)
+    if production:
+        if not secret:
+            if uses_secret:
+                problems.append("JWT_SECRET: required when KADAI_ENV=production and tokens are HS* signed")
+        elif secret == DEV_JWT_SECRET:
+            problems.append("JWT_SECRET: the development secret is refused when KADAI_ENV=production")
+        else:
+            needed = max((HMAC_MIN_SECRET[name] for name in algorithms or () if name in HMAC_MIN_SECRET), default=32)
+            if len(secret.encode()) < needed:
+                problems.append(f"JWT_SECRET: use at least {needed} characters in production")
+    if not secret:
+        # Production never falls back on the development secret, even where nothing verifies with it.
+        secret = "" if production else DEV_JWT_SECRET
+
+    durations: dict[str, float] = {}
+    for var, default in (("JWT_LEEWAY", 5.0), ("JWT_JWKS_CACHE_TTL", 600.0), ("JWT_JWKS_REFRESH_INTERVAL", 10.0)):
+        try:
+            durations[var] = parse_duration(env[var]) if var in env else default
+        except ValueError as exc:
+            problems.append(f"{var}: {exc}")
+            durations[var] = default
+    if durations["JWT_LEEWAY"] > _MAX_LEEWAY:
+        problems.append("JWT_LEEWAY: at most 5m; a clock-skew allowance, not a grace period")
+    for var in ("JWT_JWKS_CACHE_TTL", "JWT_JWKS_REFRESH_INTERVAL"):
+        if durations[var] <= 0:
+            problems.append(f"{var}: must be above zero")
+
+    cache_size = 10_000
+    if "JWT_CACHE_SIZE" in env:
+        text = env["JWT_CACHE_SIZE"].strip()
+        if text.isdigit() and int(text) <= _MAX_CACHE_SIZE:
+            cache_size = int(text)
+        else:
+            problems.append(f"JWT_CACHE_SIZE: expected a whole number from 0 to {_MAX_CACHE_SIZE}, got {text!r}")
+
+    audience = tuple(item.strip() for item in env.get("JWT_AUDIENCE", "").split(",") if item.strip())
+    return {
+        "jwt_secret": secret,
+        "jwt_algorithms": algorithms or ("HS256",),
+        "jwt_public_key_file": key_file,
+        "jwt_jwks_url": jwks_url,
+        "jwt_issuer": env.get("JWT_ISSUER", "").strip() or None,
+        "jwt_audience": audience,
+        "jwt_leeway": durations["JWT_LEEWAY"],
+        "jwt_cache_size": cache_size,
+        "jwt_jwks_ttl": durations["JWT_JWKS_CACHE_TTL"],
+        "jwt_jwks_refresh_interval": durations["JWT_JWKS_REFRESH_INTERVAL"],
+    }

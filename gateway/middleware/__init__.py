@@ -33,6 +33,8 @@ BUILTIN: tuple[str, ...] = (
     "gateway.middleware.request_id:RequestIdMiddleware",
     "gateway.middleware.access_log:AccessLogMiddleware",
     "gateway.middleware.metrics:MetricsMiddleware",
+    "gateway.middleware.jwt_auth:JwtMiddleware",
+    "gateway.middleware.rate_limit:RateLimitMiddleware",
     "gateway.middleware.cache:CacheMiddleware",
     "gateway.middleware.retry:RetryMiddleware",
     "gateway.middleware.breaker:BreakerMiddleware",

@@ -150,6 +150,15 @@ def test_public_view_hides_secrets() -> None:
         "redisUrl": "redis://127.0.0.1:6379/0",
         "amqpUrl": "amqp://u:***@h:5672/",
         "jwtSecret": "set",
+        "jwt": {
+            "algorithms": ["HS256"],
+            "keySource": "secret",
+            "publicKeyFile": None,
+            "jwksUrl": None,
+            "issuer": None,
+            "audience": [],
+            "leewaySeconds": 5.0,
+        },
         "logLevel": "INFO",
         "registry": "registry.yaml",
     }
