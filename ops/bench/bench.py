@@ -150,7 +150,10 @@ def start_upstream(tmp: Path, cpu: int) -> tuple[subprocess.Popen[bytes], int, s
 
 
 def write_registry(path: Path, upstream_port: int, bare: bool) -> Path:
-    defaults = "defaults: {request_id: false, access_log: false, metrics: false}\n" if bare else ""
+    # bare: every middleware off; default: the code's default chain (request ID, metrics, access log,
+    # retry, breaker) on a route that needs no token.
+    off = "request_id: false, access_log: false, metrics: false, jwt: false, retry: false, breaker: false"
+    defaults = f"defaults: {{auth: false, {off}}}\n" if bare else "defaults: {auth: false}\n"
     path.write_text(f"""version: 1
 {defaults}services:
   user-service:
