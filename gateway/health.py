@@ -3,8 +3,10 @@
 Every service's `health:` settings say what to poll, how often and how many results in a row change an
 instance's state. Polls run as their own tasks, concurrently and bounded, never on the request path.
 The poller reads the live route table on every tick, so instances added by a registry reload are
-polled at once and removed ones are forgotten. A new instance is polled right away; until its first
-result it counts as routable ("unknown"), and its first result decides its state.
+polled at once and removed ones are forgotten (their gauge series too); when a reload switches a
+service's polling off, its instances go back to "unknown", and so into routing. A new instance is
+polled right away; until its first result it counts as routable ("unknown"), and its first result
+decides its state.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import aiohttp
 from gateway.logs import log_fields
 from gateway.resources import Resources
 from gateway.routing import Instance, InstanceState, RouteTable, Service
+from gateway.telemetry import multiprocess_mode
 
 log = logging.getLogger("gateway.health")
 
@@ -47,20 +50,49 @@ class HealthPoller:
 
     def tick(self, now: float) -> None:
         live: set[tuple[str, str]] = set()
+        unpolled: dict[tuple[str, str], Instance] = {}
         for service in self.table().services.values():
-            if not service.health.enabled:
-                continue
             for instance in service.instances:
                 key = (service.name, instance.url)
+                if not service.health.enabled:
+                    unpolled[key] = instance
+                    continue
                 live.add(key)
                 if key in self.running or self.due.get(key, now) > now:
                     continue
                 self.due[key] = now + service.health.interval
                 task = asyncio.create_task(self.check(service, instance), name=f"health {instance.url}")
                 self.running[key] = task
-                task.add_done_callback(lambda _, key=key: self.running.pop(key, None))
+                task.add_done_callback(lambda task, key=key: self._done(key, task))
         for key in [key for key in self.due if key not in live]:
-            del self.due[key]
+            self.forget(key, unpolled.get(key))
+
+    def _done(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self.running.get(key) is task:  # not a newer poll of an instance forgotten and polled again
+            del self.running[key]
+
+    def forget(self, key: tuple[str, str], instance: Instance | None) -> None:
+        """Stop polling an instance that a reload removed (instance None), or whose service's polling it
+        switched off."""
+        del self.due[key]
+        task = self.running.pop(key, None)
+        if task is not None:
+            task.cancel()
+        # A series left at 0 would keep an "instance down" alert firing for an instance nobody polls.
+        gauge = self.resources.metrics.instance_healthy
+        if multiprocess_mode():
+            gauge.labels(*key).set(1)  # prometheus-client cannot remove a series in multiprocess mode
+        else:
+            gauge.remove(*key)
+        if instance is not None and instance.state is not InstanceState.UNKNOWN:
+            # Its last verdict would never be revisited: an unhealthy one would stay out of routing for good.
+            instance.state = InstanceState.UNKNOWN
+            instance.passes = instance.fails = 0
+            instance.checked_at = instance.last_error = None
+            log.info(
+                "health checks of %s switched off; instance %s is routable", key[0], instance.url,
+                extra=log_fields(service=key[0], instance=instance.url, state=instance.state.value),
+            )
 
     async def check(self, service: Service, instance: Instance) -> None:
         session = self.resources.session

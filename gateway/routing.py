@@ -87,21 +87,24 @@ class Service:
     def pick(self, admit: Admit | None = None) -> Instance | None:
         """A routable instance that `admit` accepts (the breaker's say), or None.
 
-        least_requests takes the one with the fewest requests in flight; the rotating start breaks
-        ties in turn, so equal instances still share the load."""
+        least_requests takes the one with the fewest requests in flight, ties in turn, so equal
+        instances still share the load."""
         instances = self.instances
         count = len(instances)
         if count == 0:
             return None
         start = next(self._turn)
         if self.balancer == "least_requests":
-            best: Instance | None = None
-            for offset in range(count):
-                instance = instances[(start + offset) % count]
+            # The turn indexes the tied instances themselves: a rotating start over all instances would
+            # hand a tie to whichever comes first after a busier one (2 of 3 picks for a tie of 2 out of 3).
+            ties: list[Instance] = []
+            for instance in instances:
                 if instance.routable and (admit is None or admit(instance)):
-                    if best is None or instance.in_flight < best.in_flight:
-                        best = instance
-            return best
+                    if not ties or instance.in_flight < ties[0].in_flight:
+                        ties = [instance]
+                    elif instance.in_flight == ties[0].in_flight:
+                        ties.append(instance)
+            return ties[start % len(ties)] if ties else None
         for offset in range(count):
             instance = instances[(start + offset) % count]
             if instance.routable and (admit is None or admit(instance)):

@@ -3,8 +3,9 @@
 pybreaker's synchronous state machine keeps the state (closed, open, half-open) and the counts; this
 module chooses the instance, awaits the upstream call outside the breaker, and reports the outcome
 afterwards with a synchronous `call`. That keeps three things out of the counts: a client that hung up
-(cancellation), errors that are the client's (413, 499), and answers that arrive after the breaker
-opened. A half-open breaker lets exactly one trial request through at a time.
+(cancellation), errors that are the client's (413, 499), and answers to requests sent before the breaker
+last changed state (a slow success must not close an open breaker that no trial has tested). A half-open
+breaker lets exactly one trial request through at a time.
 
 Breakers live on the Instance objects, which survive registry reloads; the settings of the service's
 routes apply to them (write `breaker:` at the service level: routes of one service share instances).
@@ -70,6 +71,8 @@ class InstanceBreaker(pybreaker.CircuitBreakerListener):
         self.metrics = metrics
         self.config = config
         self.trial_in_flight = False
+        self.generation = 0
+        """Bumped on every state change: an outcome is counted only under the state its request started in."""
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=config.fail_max,
             reset_timeout=config.reset_timeout,
@@ -118,7 +121,12 @@ class InstanceBreaker(pybreaker.CircuitBreakerListener):
         self.trial_in_flight = True
         return True
 
-    def record(self, failed: bool) -> None:
+    def record(self, failed: bool, generation: int) -> None:
+        """Report the outcome of a request that started at `generation` (read right after enter())."""
+        if generation != self.generation:
+            # Sent before the breaker opened (or before a trial decided it): pybreaker would take a late
+            # success after reset_timeout as a passed trial, and a late failure would reopen it.
+            return
         try:
             self.breaker.call(_fail if failed else _succeed)
         except (_InstanceFailure, pybreaker.CircuitBreakerError):
@@ -138,6 +146,7 @@ class InstanceBreaker(pybreaker.CircuitBreakerListener):
         old_state: pybreaker.CircuitBreakerState | None,
         new_state: pybreaker.CircuitBreakerState,
     ) -> None:
+        self.generation += 1
         self.state_gauge.set(_STATE_VALUES.get(new_state.name, 0))
         self.metrics.breaker_transitions.labels(self.service, self.url, new_state.name).inc()
         level = logging.WARNING if new_state.name == pybreaker.STATE_OPEN else logging.INFO
@@ -182,6 +191,7 @@ class BreakerMiddleware(Middleware):
             raise self._unavailable(service.name, service.instances)
         breaker = self._guard(instance)
         trial = breaker.enter()
+        generation = breaker.generation
         exchange.pinned = instance
         failed = None
         try:
@@ -197,7 +207,7 @@ class BreakerMiddleware(Middleware):
             if trial:
                 breaker.trial_in_flight = False
             if failed is not None:
-                breaker.record(failed)
+                breaker.record(failed, generation)
 
     def _unavailable(self, service: str, instances: tuple[Instance, ...]) -> ServiceUnavailable:
         routable = [instance for instance in instances if instance.routable]

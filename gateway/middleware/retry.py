@@ -6,8 +6,9 @@ body must be replayed is read into memory first, up to `buffer_limit`; a bigger 
 streamed and gets one attempt. A fail-fast 503 (open breaker, no healthy instance) is never retried.
 
 Two brakes keep retries from turning an outage into a storm: an overall deadline per request (no new
-attempt starts after it; tenacity's stop_before_delay), and a retry budget per service (retries at most
-`budget.ratio` of the service's recent requests, plus a small floor), the policy of Envoy and Finagle.
+attempt starts after it, counted from the request's arrival), and a retry budget per service (retries
+at most `budget.ratio` of the service's recent requests, plus a small floor), the policy of Envoy and
+Finagle.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from tenacity import (
     retry_if_exception,
     retry_if_result,
     stop_after_attempt,
-    stop_before_delay,
     wait_exponential,
     wait_random,
 )
@@ -74,13 +74,18 @@ class RetryBudget:
     __slots__ = ("ratio", "min_retries", "slots", "requests", "retries", "stamps")
 
     def __init__(self, config: RetryBudgetConfig) -> None:
-        self.slots = max(1, round(config.window))
+        self.slots = self.slots_for(config)
         self.requests = [0] * self.slots
         self.retries = [0] * self.slots
         self.stamps = [0] * self.slots
         self.configure(config)
 
+    @staticmethod
+    def slots_for(config: RetryBudgetConfig) -> int:
+        return max(1, round(config.window))
+
     def configure(self, config: RetryBudgetConfig) -> None:
+        """Apply a reloaded ratio and floor, keeping the counts (a new window needs a new budget)."""
         self.ratio = config.ratio
         self.min_retries = config.min_retries
 
@@ -124,18 +129,19 @@ class RetryMiddleware(Middleware):
         self.statuses = frozenset(config.statuses)
         self.retries = config.retries
         self.buffer_limit = config.buffer_limit
+        self.deadline = config.deadline
         metrics = context.resources.metrics
         self.metrics = metrics
         self.exhausted = metrics.retry_budget_exhausted.labels(context.service)
         budgets = context.resources.retry_budgets
         budget = budgets.get(context.service)
-        if budget is None:
+        if budget is None or budget.slots != RetryBudget.slots_for(config.budget):
             budget = budgets[context.service] = RetryBudget(config.budget)
         else:
             budget.configure(config.budget)
         self.budget = budget
         self.retrying = AsyncRetrying(
-            stop=stop_after_attempt(config.retries + 1) | stop_before_delay(config.deadline) | self._budget_spent,
+            stop=stop_after_attempt(config.retries + 1) | self._past_deadline | self._budget_spent,
             # backoff, 2x backoff, 4x backoff ... capped, plus 0..jitter at random.
             wait=wait_exponential(multiplier=config.backoff, max=config.max_backoff) + wait_random(0, config.jitter),
             retry=retry_if_exception(self._retryable_error) | retry_if_result(self._retryable_reply),
@@ -178,6 +184,13 @@ class RetryMiddleware(Middleware):
 
     def _retryable_reply(self, reply: Reply) -> bool:
         return reply.upstream is not None and reply.status in self.statuses
+
+    def _past_deadline(self, state: RetryCallState) -> bool:
+        """A stop condition: the next attempt would start `deadline` or later after the request arrived.
+
+        Counted from the arrival rather than from the first attempt (tenacity's stop_before_delay): the
+        upload of a buffered body comes before the first attempt and is part of the client's wait."""
+        return _state_exchange(state).elapsed + state.upcoming_sleep >= self.deadline
 
     def _budget_spent(self, state: RetryCallState) -> bool:
         """A stop condition, asked only once a retry is otherwise due: spends the budget or stops."""
