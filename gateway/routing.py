@@ -105,11 +105,13 @@ class Service:
                     elif instance.in_flight == ties[0].in_flight:
                         ties.append(instance)
             return ties[start % len(ties)] if ties else None
-        for offset in range(count):
-            instance = instances[(start + offset) % count]
-            if instance.routable and (admit is None or admit(instance)):
-                return instance
-        return None
+        if count == 1:
+            instance = instances[0]
+            return instance if instance.routable and (admit is None or admit(instance)) else None
+        # The turn indexes the instances that can take requests, so they share the load evenly
+        # (skipping to the next instance would hand it the skipped one's turns too).
+        usable = [i for i in instances if i.routable and (admit is None or admit(i))]
+        return usable[start % len(usable)] if usable else None
 
     @property
     def state(self) -> str:

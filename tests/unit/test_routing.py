@@ -112,7 +112,7 @@ U, H, X = InstanceState.UNKNOWN, InstanceState.HEALTHY, InstanceState.UNHEALTHY
         ((U,), [1, 1, 1]),
         ((U, U, U), [1, 2, 3, 1, 2, 3]),
         ((H, U), [1, 2, 1, 2]),
-        ((U, X, U), [1, 3, 3, 1, 3, 3]),
+        ((U, X, U), [1, 3, 1, 3, 1, 3]),
         ((X, X, H), [3, 3, 3]),
         ((X,), [None, None]),
         ((X, X), [None, None]),
