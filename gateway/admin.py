@@ -27,15 +27,17 @@ def admin_endpoints(gw: Gateway) -> dict[str, Handler]:
     """Exact paths of the gateway's own endpoints and their handlers."""
     endpoints = _Endpoints(gw)
     return {
-        "/api/v1/health": _read_only(endpoints.health),
-        "/api/v1/health/detailed": _read_only(endpoints.health_detailed),
-        "/api/v1/gateway/status": _read_only(endpoints.status),
-        "/api/v1/gateway/services": _read_only(endpoints.services),
-        "/metrics": _read_only(endpoints.metrics),
+        "/api/v1/health": read_only(endpoints.health),
+        "/api/v1/health/detailed": read_only(endpoints.health_detailed),
+        "/api/v1/gateway/status": read_only(endpoints.status),
+        "/api/v1/gateway/services": read_only(endpoints.services),
+        "/metrics": read_only(endpoints.metrics),
     }
 
 
-def _read_only(handler: Handler) -> Handler:
+def read_only(handler: Handler) -> Handler:
+    """Answer 405 (Allow: GET, HEAD) to any other method; the pages (gateway.pages) use it too."""
+
     async def guarded(exchange: Exchange) -> Reply:
         if exchange.request.method not in _READ_METHODS:
             raise MethodNotAllowed(headers={"Allow": "GET, HEAD"})

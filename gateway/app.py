@@ -1,6 +1,6 @@
 """The gateway application: dispatch each request to a gateway endpoint or a route's chain.
 
-    request -> target normalised -> gateway endpoint? -> edge chain -> endpoint handler
+    request -> target normalised -> gateway endpoint? -> edge chain -> endpoint handler (admin or page)
                                  -> route matched?    -> route chain -> Forwarder -> instance
                                  -> neither           -> edge chain -> 404 envelope
     chain's Reply (or the GatewayError it raised, rendered once) -> write_reply -> finish hooks
@@ -33,6 +33,7 @@ from gateway.exchange import Exchange, Reply
 from gateway.headers import client_address, in_networks, upstream_request_headers
 from gateway.keys import GATEWAY_KEY
 from gateway.middleware.base import Handler
+from gateway.pages import Pages
 from gateway.paths import Target, split_target
 from gateway.health import HealthPoller
 from gateway.proxy import Forwarder, open_upstream_session, write_reply
@@ -52,6 +53,7 @@ class Gateway:
         self.resources = resources or Resources(settings)
         self.forward = Forwarder(self.resources)
         self.endpoints = admin_endpoints(self)
+        self.pages = Pages(self)
         config = load_registry(self.registry_path)
         self.table: RouteTable = build_table(config, self.resources, self.forward, revision=1)
         self.resources.metrics.config_revision.set(1)
@@ -86,8 +88,12 @@ class Gateway:
                 raise ExpectationFailed(f"Unsupported expectation: {request.headers['Expect']}")
             target = _request_target(request)
             endpoint = self.endpoints.get(target.path)
+            public = False
+            if endpoint is None and (page := self.pages.match(target.path)) is not None:
+                endpoint, public = page  # /api/docs and /dashboard, sub-paths included
             if endpoint is not None:
-                if options.admin_networks and not in_networks(exchange.client_ip, options.admin_networks):
+                networks = options.admin_networks
+                if networks and not public and not in_networks(exchange.client_ip, networks):
                     raise Forbidden("This endpoint is not open to your network")
                 exchange.terminal = endpoint
             else:
@@ -216,6 +222,7 @@ def create_app(gw: Gateway) -> web.Application:
     app.cleanup_ctx.append(redis_client_context)
     app.cleanup_ctx.append(_registry_watcher)
     app.cleanup_ctx.append(_health_poller)
+    gw.pages.install(app)
     return app
 
 

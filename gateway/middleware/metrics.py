@@ -1,10 +1,12 @@
-"""Request metrics: in-flight gauge, request counter and latency histogram, by target service."""
+"""Request metrics: in-flight gauge, request counter and latency histogram, by target service, and the
+last minute of each service for the dashboard (gateway.stats)."""
 from __future__ import annotations
 
 from typing import ClassVar
 
 from gateway.exchange import Exchange, Reply
 from gateway.middleware.base import BuildContext, Handler, Middleware, MiddlewareConfig
+from gateway.stats import recent_stats
 from gateway.telemetry import GatewayMetrics
 
 NAME = "metrics"
@@ -26,6 +28,7 @@ class MetricsMiddleware(Middleware):
         super().__init__(config, context)
         self.metrics: GatewayMetrics = context.resources.metrics
         self.duration = self.metrics.request_seconds.labels(context.service)
+        self.recent = recent_stats(self.metrics).window(context.service)
 
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Reply:
         self.metrics.in_flight.inc()
@@ -37,4 +40,6 @@ class MetricsMiddleware(Middleware):
         metrics.in_flight.dec()
         status_class = f"{exchange.status // 100}xx" if exchange.status else "none"
         metrics.requests.labels(exchange.service, metrics.method_label(exchange.request.method), status_class).inc()
-        self.duration.observe(exchange.elapsed)
+        elapsed = exchange.elapsed
+        self.duration.observe(elapsed)
+        self.recent.record(exchange.status, elapsed)

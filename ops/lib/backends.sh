@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Sourced by ops/test after bootstrap.sh (uses log and apt_install).
 # ensure_backends: make Redis and RabbitMQ reachable, starting local ones if
-# needed. Never fails: it exports KADAI_MISSING_BACKENDS so the test suite can
-# decide (fail under CI, skip loudly otherwise).
+# needed, and Chromium installed for the browser tests. Never fails: it exports
+# KADAI_MISSING_BACKENDS so the test suite can decide (fail under CI, skip
+# loudly otherwise).
 
 # _hostport URL DEFAULT_PORT -> "host port". Handles scheme://user:pass@host:port/path
 # and [ipv6]:port. Credentials are dropped here so they can never be printed; we
@@ -96,11 +97,36 @@ _ensure() {
   log "=================================================================="
 }
 
+# ensure_chromium: the browser tests (marker `browser`) drive Debian's chromium
+# through Playwright; Playwright's own browser downloads are never used. The
+# default path is installed with apt-get as root; a CHROMIUM_PATH pointing
+# elsewhere is only checked.
+ensure_chromium() {
+  : "${CHROMIUM_PATH:=/usr/bin/chromium}"
+  export CHROMIUM_PATH
+  _BACKEND_STATUS+="chromium: "
+  if [[ ! -x $CHROMIUM_PATH && $CHROMIUM_PATH == /usr/bin/chromium ]]; then
+    apt_install chromium || true
+  fi
+  if [[ -x $CHROMIUM_PATH ]]; then
+    _BACKEND_STATUS+="ok ($CHROMIUM_PATH)  "
+    return
+  fi
+  _BACKEND_STATUS+="MISSING ($CHROMIUM_PATH)  "
+  KADAI_MISSING_BACKENDS="${KADAI_MISSING_BACKENDS:+$KADAI_MISSING_BACKENDS }chromium"
+  log "=================================================================="
+  log "chromium is NOT installed at $CHROMIUM_PATH (from CHROMIUM_PATH)"
+  log "  install: sudo apt-get install -y chromium   (or point CHROMIUM_PATH at a Chromium)"
+  log "  tests needing chromium (marker browser) will FAIL under CI and be SKIPPED otherwise"
+  log "=================================================================="
+}
+
 ensure_backends() {
   : "${REDIS_URL:=redis://127.0.0.1:6379/0}" "${AMQP_URL:=amqp://guest:guest@127.0.0.1:5672/}"
   export REDIS_URL AMQP_URL KADAI_MISSING_BACKENDS=""
   _BACKEND_STATUS=""
   _ensure redis REDIS_URL 6379 redis-server redis-server 10
   _ensure rabbitmq AMQP_URL 5672 rabbitmq-server rabbitmq-server 60
+  ensure_chromium
   log "${_BACKEND_STATUS%  }"
 }
