@@ -159,8 +159,22 @@ class RetryMiddleware(Middleware):
             return await call_next(exchange)
         if request.body_exists and not await self._buffer_body(exchange):
             return await call_next(exchange)
+        # The first attempt runs without tenacity: a request that needs no retry (nearly all of them)
+        # pays nothing for the machinery. Only a retryable outcome hands over to tenacity, which
+        # replays that outcome as its own first attempt, so its counting, waits and stops are unchanged.
+        try:
+            reply = await call_next(exchange)
+        except (BadGateway, GatewayTimeout) as error:
+            if exchange.upstream_fault not in _RETRYABLE_FAULTS:
+                raise
+            error.__dict__["_exchange"] = exchange
+            first: Reply | BaseException = error
+        else:
+            if not self._retryable_reply(reply):
+                return reply
+            first = reply
         retrying = self.retrying.copy()
-        return await retrying(_attempt, call_next, exchange)
+        return await retrying(_attempt, call_next, exchange, [first])
 
     async def _buffer_body(self, exchange: Exchange) -> bool:
         """Read a small body whole so it can be sent again; False when it must be streamed once."""
@@ -221,7 +235,12 @@ class RetryMiddleware(Middleware):
         self.metrics.retries.labels(exchange.service, cause).inc()
 
 
-async def _attempt(call_next: Handler, exchange: Exchange) -> Reply:
+async def _attempt(call_next: Handler, exchange: Exchange, first: list[Reply | BaseException]) -> Reply:
+    if first:  # the outcome of the attempt made before tenacity took over
+        outcome = first.pop()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
     try:
         return await call_next(exchange)
     except (BadGateway, GatewayTimeout) as error:
