@@ -1,4 +1,4 @@
-"""The `kadai` command: `kadai gateway`, `kadai check`, `kadai token`."""
+"""The `kadai` command: `kadai gateway`, `kadai check`, `kadai token`, `kadai service`, `kadai events`."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", required=True, help="role claim, e.g. seller, admin, service")
     token.add_argument("--ttl", type=_positive, default=3600, help="lifetime in seconds (default: 3600)")
     token.add_argument("--email", help="email claim")
+
+    service = commands.add_parser("service", help="run one platform service (see services/catalog.py)")
+    service.add_argument("name", help="service name, e.g. user-service (or user)")
+    service.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    service.add_argument("--port", type=int, default=None, help="port to listen on (default: the service's own)")
+
+    events = commands.add_parser("events", help="inspect and repair event delivery")
+    events_commands = events.add_subparsers(dest="events_command", required=True, metavar="COMMAND")
+    dlq = events_commands.add_parser("dlq", help="list a service's dead-lettered events, or replay them")
+    dlq.add_argument("service", help="the consuming service, e.g. notification-service")
+    dlq.add_argument("--limit", type=_positive, default=100, help="list at most this many (default: 100)")
+    dlq.add_argument("--json", action="store_true", help="one JSON object per line, event included")
+    dlq_actions = dlq.add_subparsers(dest="dlq_action", metavar="ACTION")
+    replay = dlq_actions.add_parser("replay", help="send dead letters back to the service with fresh attempts")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", action="append", dest="ids", metavar="EVENT_ID", help="an event ID (repeatable)")
+    which.add_argument("--all", action="store_true", help="every dead letter of the service")
     return parser
 
 
@@ -46,6 +63,8 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("service", "events"):
+        return _services(args)  # services read their own settings (AMQP_URL may be memory://)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -78,6 +97,16 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
         print(f"kadai token: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _services(args: argparse.Namespace) -> int:
+    from services import commands
+
+    if args.command == "service":
+        return commands.run_service(args.name, args.host, args.port)
+    if args.dlq_action == "replay":
+        return commands.replay_dead_letters(args.service, None if args.all else args.ids)
+    return commands.list_dead_letters(args.service, args.limit, args.json)
 
 
 def _gateway(settings: Settings, args: argparse.Namespace) -> int:

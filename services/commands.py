@@ -1,0 +1,141 @@
+"""What `kadai service` and `kadai events dlq` do (the parser lives in gateway/cli.py)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import orjson
+
+from gateway.config.errors import ConfigError
+from gateway.config.settings import mask_url
+from gateway.logs import configure_logging
+from services import catalog
+from services.events.bus import DeadLetter
+from services.events.rabbit import NoDeadLetterQueue, RabbitBus
+from services.kit.settings import ServiceSettings, load_service_settings
+
+
+def _settings(command: str) -> ServiceSettings | None:
+    try:
+        return load_service_settings()
+    except ConfigError as exc:
+        print(f"kadai {command}: {exc.render()}", file=sys.stderr)
+        return None
+
+
+def run_service(name: str, host: str, port: int | None) -> int:
+    """`kadai service NAME`: run one service until SIGTERM/SIGINT."""
+    from services.kit import server
+
+    settings = _settings("service")
+    if settings is None:
+        return 2
+    try:
+        service = catalog.load(name)
+    except catalog.UnknownService as exc:
+        print(f"kadai service: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.platform.log_level, service.name)
+    return server.run(service, settings, host, port or service.port)
+
+
+def _bus(name: str, command: str) -> RabbitBus | None:
+    settings = _settings(command)
+    if settings is None:
+        return None
+    # The command reports a broker failure in one line of its own; the AMQP libraries would add theirs.
+    for library in ("aiormq", "aio_pika"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)
+    if settings.memory_bus:
+        print(
+            f"kadai {command}: AMQP_URL is memory://: the in-process bus keeps dead letters inside the running "
+            "service, there is no broker to look at",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        entry = catalog.entry(name)
+    except catalog.UnknownService as exc:
+        print(f"kadai {command}: {exc}", file=sys.stderr)
+        return None
+    return RabbitBus(entry.name, settings)
+
+
+def list_dead_letters(name: str, limit: int, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """`kadai events dlq SERVICE`: the dead letters with their error and attempt count, left in place."""
+    bus = _bus(name, "events dlq")
+    if bus is None:
+        return 2
+    try:
+        letters = asyncio.run(bus.dead_letters(limit))
+    except NoDeadLetterQueue as exc:
+        print(f"kadai events dlq: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for an operator
+        print(
+            f"kadai events dlq: broker at {mask_url(bus.settings.amqp_url)}: {exc or type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return 1
+    if as_json:
+        for letter in letters:
+            out.write(orjson.dumps(_as_record(letter)).decode() + "\n")
+        return 0
+    print(f"{len(letters)} dead-lettered event(s) in {bus.topology.dead_letter_queue}", file=out)
+    if letters:
+        print(_table(letters), file=out)
+    return 0
+
+
+def replay_dead_letters(name: str, event_ids: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
+    """`kadai events dlq SERVICE replay --id ID | --all`: back to the service's queue, with fresh attempts."""
+    bus = _bus(name, "events dlq replay")
+    if bus is None:
+        return 2
+    try:
+        replayed = asyncio.run(bus.replay(event_ids))
+    except NoDeadLetterQueue as exc:
+        print(f"kadai events dlq replay: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for an operator
+        print(
+            f"kadai events dlq replay: broker at {mask_url(bus.settings.amqp_url)}: {exc or type(exc).__name__}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"replayed {len(replayed)} event(s) to {bus.topology.queue}", file=out)
+    for event_id in replayed:
+        print(f"  {event_id}", file=out)
+    missing = sorted(set(event_ids or ()) - set(replayed))
+    if missing:
+        print(f"kadai events dlq replay: not in the dead-letter queue: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _as_record(letter: DeadLetter) -> dict[str, object]:
+    try:
+        event: object = orjson.loads(letter.body)
+    except orjson.JSONDecodeError:
+        event = letter.body.decode("utf-8", "replace")
+    return {
+        "eventId": letter.event_id,
+        "type": letter.type,
+        "attempts": letter.attempts,
+        "failedAt": letter.failed_at,
+        "error": letter.error,
+        "event": event,
+    }
+
+
+def _table(letters: Sequence[DeadLetter]) -> str:
+    rows = [("EVENT ID", "TYPE", "ATTEMPTS", "FAILED AT", "ERROR")]
+    rows += [(item.event_id, item.type, str(item.attempts), item.failed_at, item.error) for item in letters]
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    )
