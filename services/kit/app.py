@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from gateway.logs import log_fields
 from services.kit.http import endpoint, health_endpoint, kit_middleware, metrics_endpoint
 from services.kit.keys import RUNTIME_KEY
+from services.kit.openapi import document
 from services.kit.runtime import Runtime
 from services.kit.service import Service
 from services.kit.settings import ServiceSettings
@@ -28,12 +30,26 @@ CLIENT_MAX_SIZE = 1024 * 1024
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
+def openapi_endpoint(service: Service) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """GET /openapi.json: built once, on first request (every route module is imported by then)."""
+    body: bytes | None = None
+
+    async def openapi(_request: web.Request) -> web.StreamResponse:
+        nonlocal body
+        if body is None:
+            body = orjson.dumps(document(service))
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi
+
+
 def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     runtime = Runtime(service, settings)
     app = web.Application(middlewares=[kit_middleware(runtime)], client_max_size=CLIENT_MAX_SIZE)
     app[RUNTIME_KEY] = runtime
     app.router.add_get("/health", health_endpoint(runtime))
     app.router.add_get("/metrics", metrics_endpoint(runtime))
+    app.router.add_get("/openapi.json", openapi_endpoint(service))
     for spec in service.routes:
         app.router.add_route(spec.method, spec.path, endpoint(spec, runtime))
     app.cleanup_ctx.extend([_database(runtime), _verifier(runtime), _client(runtime), _events(runtime)])

@@ -33,7 +33,7 @@ access = logging.getLogger("services.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_QUIET_PATHS = frozenset({"/health", "/metrics"})
+_QUIET_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
 _JSON = TypeAdapter(Any)
 
 

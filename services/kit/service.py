@@ -145,8 +145,8 @@ class Routes:
         method = method.upper()
         if method not in METHODS:
             raise ValueError(f"unsupported method {method!r}")
-        if not path.startswith("/") or path in ("/health", "/metrics"):
-            raise ValueError(f"{path!r}: a route path starts with / and cannot be /health or /metrics")
+        if not path.startswith("/") or path in ("/health", "/metrics", "/openapi.json"):
+            raise ValueError(f"{path!r}: a route path starts with / and cannot be /health, /metrics or /openapi.json")
         if public and roles:
             raise ValueError(f"{method} {path}: a public route cannot require roles")
 
