@@ -21,7 +21,14 @@ def document(service: Service) -> dict[str, Any]:
     for spec in service.routes:
         path = _PARAMETER.sub(r"{\1}", spec.path)
         paths.setdefault(path, {})[spec.method.lower()] = _operation(spec, path)
+    shapes = {_shape(path): path for path in paths}
     for path, item in declared_paths(service).items():
+        generated = shapes.get(_shape(path))
+        if generated is not None and generated != path:
+            # The same route with other parameter names ({product_id} in code, {productId} in the
+            # declaration): one path, named as declared.
+            paths[path] = _renamed(paths.pop(generated), _PARAMETER.findall(path))
+            shapes[_shape(path)] = path
         paths.setdefault(path, {}).update(item)
     return {
         "openapi": "3.1.0",
@@ -40,6 +47,18 @@ def declared_paths(service: Service) -> dict[str, dict[str, Any]]:
             for path, item in declared.items():
                 found.setdefault(path, {}).update(item)
     return found
+
+
+def _shape(path: str) -> str:
+    return _PARAMETER.sub("{}", path)
+
+
+def _renamed(item: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Generated operations with their path parameters renamed, in order, to `names`."""
+    for operation in item.values():
+        for parameter, name in zip(operation.get("parameters", []), names, strict=False):
+            parameter["name"] = name
+    return item
 
 
 def _operation(spec: RouteSpec, path: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from tests.services.conftest import MakeSettings, Serve
 routes = Routes()
 
 OPENAPI_PATHS = {
-    "/widgets/{widget_id}": {
+    "/widgets/{widgetId}": {
         "get": {"summary": "One widget, documented by hand", "responses": {"200": {"description": "the widget"}}}
     }
 }
@@ -29,6 +29,12 @@ async def create_widget(call: object) -> dict[str, str]:
     return {}
 
 
+@routes.delete("/widgets/{widget_id}")
+async def delete_widget(call: object) -> dict[str, str]:
+    """Delete a widget."""
+    return {}
+
+
 @routes.get("/catalogue", public=True)
 async def catalogue(call: object) -> dict[str, str]:
     return {}
@@ -42,8 +48,12 @@ def test_every_route_is_described_and_declared_paths_replace_generated_operation
 
     assert spec["openapi"] == "3.1.0"
     assert spec["info"]["title"] == "widget-service"
-    assert set(spec["paths"]) == {"/widgets/{widget_id}", "/widgets", "/catalogue"}
-    assert spec["paths"]["/widgets/{widget_id}"]["get"]["summary"] == "One widget, documented by hand"
+    # Declared with {widgetId}, routed as {widget_id}: one path, named as declared.
+    assert set(spec["paths"]) == {"/widgets/{widgetId}", "/widgets", "/catalogue"}
+    assert spec["paths"]["/widgets/{widgetId}"]["get"]["summary"] == "One widget, documented by hand"
+    delete = spec["paths"]["/widgets/{widgetId}"]["delete"]
+    assert delete["summary"] == "Delete a widget."
+    assert [parameter["name"] for parameter in delete["parameters"]] == ["widgetId"]
     create = spec["paths"]["/widgets"]["post"]
     assert create["summary"] == "Create a widget."
     assert create["security"] == [{"bearerAuth": []}]
