@@ -1,4 +1,5 @@
-"""The `kadai` command: `kadai gateway`, `kadai check`, `kadai token`, `kadai service`, `kadai events`."""
+"""The `kadai` command: `kadai up`, `kadai gateway`, `kadai check`, `kadai routes`, `kadai token`,
+`kadai service`, `kadai events`, `kadai demo`."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kadai", description="Kadai Gateway and platform tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    up = commands.add_parser("up", help="run the whole platform: the gateway and every service, in one process")
+    up.add_argument("--registry", help="registry file (default: $KADAI_REGISTRY or ./registry.yaml)")
+    up.add_argument("--host", default="0.0.0.0", help="address the gateway listens on (default: 0.0.0.0)")
+    up.add_argument("--port", type=int, default=4000, help="port the gateway listens on (default: 4000)")
+
     gateway = commands.add_parser("gateway", help="run the API gateway")
     gateway.add_argument("--registry", help="registry file (default: $KADAI_REGISTRY or ./registry.yaml)")
     gateway.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
@@ -28,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a registry file")
     check.add_argument("path", nargs="?", default=None, help="registry file (default: ./registry.yaml)")
+
+    routes = commands.add_parser("routes", help="print the route table of a registry")
+    routes.add_argument("--registry", help="registry file (default: $KADAI_REGISTRY or ./registry.yaml)")
 
     token = commands.add_parser("token", help="print a signed development JWT (refused in production)")
     token.add_argument("--sub", required=True, help="subject: the user ID")
@@ -51,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", action="append", dest="ids", metavar="EVENT_ID", help="an event ID (repeatable)")
     which.add_argument("--all", action="store_true", help="every dead letter of the service")
+
+    demo = commands.add_parser("demo", help="walk a running platform through the order flow, step by step")
+    demo.add_argument("--url", default="http://127.0.0.1:4000", help="the gateway (default: http://127.0.0.1:4000)")
     return parser
 
 
@@ -63,7 +75,7 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("service", "events"):
+    if args.command in ("service", "events", "up", "demo"):
         return _services(args)  # services read their own settings (AMQP_URL may be memory://)
     try:
         settings = load_settings()
@@ -72,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         return _check(args.path or settings.registry_path)
+    if args.command == "routes":
+        return _routes(args.registry or settings.registry_path)
     if args.command == "token":
         return _token(settings, args)
     return _gateway(settings, args)
@@ -85,6 +99,18 @@ def _check(path: str) -> int:
         return 1
     instances = sum(len(service.instances) for service in config.services.values())
     print(f"{path}: OK ({len(config.services)} services, {len(config.routes)} routes, {instances} instances)")
+    return 0
+
+
+def _routes(path: str) -> int:
+    from gateway.route_listing import render
+
+    try:
+        config = load_registry(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    print(render(config))
     return 0
 
 
@@ -102,6 +128,14 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 def _services(args: argparse.Namespace) -> int:
     from services import commands
 
+    if args.command == "up":
+        from services.platform import runner
+
+        return runner.run(runner.UpOptions(args.registry, args.host, args.port))
+    if args.command == "demo":
+        from services.platform import demo
+
+        return demo.run(args.url)
     if args.command == "service":
         return commands.run_service(args.name, args.host, args.port)
     if args.dlq_action == "replay":

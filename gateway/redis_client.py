@@ -8,7 +8,8 @@ Client policy:
   with "Too many connections", and the number of sockets to Redis stays bounded.
 
 Opening connects nothing: a Redis that is down at start-up does not stop the gateway; its users see the
-failure on their first call and apply their own policy.
+failure on their first call and apply their own policy. REDIS_URL=memory:// opens no client (development,
+one process): the limiter keeps its buckets in memory and the response cache is off.
 """
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ async def redis_client_context(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: open resources.redis for the application's lifetime, close it at shutdown."""
     resources = app[GATEWAY_KEY].resources
     settings = resources.settings
+    if settings.embedded_redis:
+        # No client at all: the limiter keeps its buckets in memory and the cache skips itself.
+        log.info("no Redis (REDIS_URL=memory://): in-process rate limits, response cache off")
+        yield
+        return
     client = open_redis(settings.redis_url)
     resources.redis = client
     log.debug("Redis client ready", extra=log_fields(redisUrl=mask_url(settings.redis_url)))

@@ -20,6 +20,9 @@ DEV_JWT_SECRET = "kadai-jwt-secret-dev-key-2024"
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+MEMORY_URL = "memory://"
+"""REDIS_URL / AMQP_URL value for the embedded backends of one development process: the in-process rate
+limiter (no response cache) and the in-process event bus. Refused in production."""
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -78,6 +81,11 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def embedded_redis(self) -> bool:
+        """REDIS_URL=memory://: rate limits in this process's memory, no response cache."""
+        return self.redis_url == MEMORY_URL
 
     @property
     def log_level_number(self) -> int:
@@ -146,6 +154,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ("REDIS_URL", redis_url, ("redis", "rediss", "unix")),
         ("AMQP_URL", amqp_url, ("amqp", "amqps")),
     ):
+        if url == MEMORY_URL:
+            # One process's own memory: other processes share nothing with it, and it is lost at exit.
+            if mode == "production":
+                problems.append(f"{var}: {MEMORY_URL} (in-process) is for development, not KADAI_ENV=production")
+            continue
         problem = _url_problem(url, schemes)
         if problem:
             problems.append(f"{var}: {problem}")

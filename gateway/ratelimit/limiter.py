@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.envelope import utc_timestamp
 from gateway.logs import log_fields
-from gateway.ratelimit.buckets import Decision, LimiterBackend, Plan
+from gateway.ratelimit.buckets import Decision, InProcessBackend, LimiterBackend, Plan
 from gateway.ratelimit.redis_backend import RedisBackend
 from gateway.resources import Resources
 from gateway.telemetry import GatewayMetrics
@@ -152,6 +152,11 @@ def process_limiter(resources: Resources) -> Limiter:
     current = resources.components.get(COMPONENT)
     if isinstance(current, Limiter):
         return current
-    limiter = Limiter(RedisBackend(lambda: resources.redis), resources.metrics)
+    backend: LimiterBackend
+    if resources.settings.embedded_redis:
+        backend = InProcessBackend()  # REDIS_URL=memory://: one process enforces its own limits
+    else:
+        backend = RedisBackend(lambda: resources.redis)
+    limiter = Limiter(backend, resources.metrics)
     resources.components[COMPONENT] = limiter
     return limiter
