@@ -121,6 +121,23 @@ ensure_chromium() {
   log "=================================================================="
 }
 
+# ensure_promtool: the deployment tests check ops/prometheus with promtool, which
+# Debian ships in the prometheus package (installed as root; the package's
+# service is not needed and policy-rc.d or the lack of an init keeps it down).
+ensure_promtool() {
+  _BACKEND_STATUS+="promtool: "
+  if ! command -v promtool >/dev/null; then
+    apt_install prometheus || true
+  fi
+  if command -v promtool >/dev/null; then
+    _BACKEND_STATUS+="ok  "
+    return
+  fi
+  _BACKEND_STATUS+="MISSING  "
+  KADAI_MISSING_BACKENDS="${KADAI_MISSING_BACKENDS:+$KADAI_MISSING_BACKENDS }promtool"
+  log "promtool is NOT installed (sudo apt-get install prometheus): tests/ops/test_promtool.py will FAIL under CI and be SKIPPED otherwise"
+}
+
 ensure_backends() {
   : "${REDIS_URL:=redis://127.0.0.1:6379/0}" "${AMQP_URL:=amqp://guest:guest@127.0.0.1:5672/}"
   export REDIS_URL AMQP_URL KADAI_MISSING_BACKENDS=""
@@ -128,5 +145,6 @@ ensure_backends() {
   _ensure redis REDIS_URL 6379 redis-server redis-server 10
   _ensure rabbitmq AMQP_URL 5672 rabbitmq-server rabbitmq-server 60
   ensure_chromium
+  ensure_promtool
   log "${_BACKEND_STATUS%  }"
 }
