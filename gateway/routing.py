@@ -1,7 +1,8 @@
 """The live route table: services, their instances, and each route's compiled middleware chain.
 
 A table is immutable once built; a reload builds a new one and swaps it in, so a request keeps the
-route it started with. Instances are carried over by URL, keeping their health state across reloads.
+route it started with. Instances are carried over by service and URL, keeping their health and breaker
+state across reloads.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from gateway.resources import Resources
 
 if TYPE_CHECKING:
     from gateway.middleware.breaker import InstanceBreaker
+
+_BREAKER = "breaker"
+"""NAME of the breaker middleware (gateway.middleware.breaker imports this module, not the reverse)."""
 
 
 class InstanceState(enum.StrEnum):
@@ -181,13 +185,18 @@ def build_table(
     previous: RouteTable | None = None,
 ) -> RouteTable:
     """Build every route's chain once, reusing the Instance objects of the previous table."""
-    known: dict[str, Instance] = {}
+    # Keyed by service too: two services on one backend URL must not end up sharing one Instance (its
+    # breaker, in-flight count and health verdict) after a reload.
+    known: dict[tuple[str, str], Instance] = {}
     if previous is not None:
         for service in previous.services.values():
-            known.update((instance.url, instance) for instance in service.instances)
+            known.update(((service.name, instance.url), instance) for instance in service.instances)
     services = {
         name: Service(
-            name, tuple(known.get(url) or Instance(url) for url in spec.instances), spec.health, spec.balancer
+            name,
+            tuple(known.pop((name, url), None) or Instance(url) for url in spec.instances),
+            spec.health,
+            spec.balancer,
         )
         for name, spec in config.services.items()
     }
@@ -207,6 +216,17 @@ def build_table(
         )
     edge_context = BuildContext("gateway", "", resources)
     edge = compile_chain(_instantiate(config, config.edge_middleware, edge_context), _edge_terminal)
+    # Breakers nobody consults any more drop their state series (an open one would keep its alert firing),
+    # once the table is sure to replace the previous one: a plugin's constructor may still fail above.
+    for instance in known.values():  # removed; requests still running on it keep the retired breaker
+        if instance.breaker is not None:
+            instance.breaker.retire()
+    guarded = {route.service.name for route in routes.values() if _BREAKER in route.middleware}
+    for name, service in services.items():
+        for instance in service.instances if name not in guarded else ():
+            if instance.breaker is not None:
+                instance.breaker.retire()
+                instance.breaker = None  # switched back on later, it starts afresh
     return RouteTable(config, revision, routes, services, edge)
 
 

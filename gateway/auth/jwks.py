@@ -48,7 +48,8 @@ class JwksKeys:
         self.ttl = ttl
         self.min_interval = min_interval
         self.on_rotation = on_rotation
-        """Called when a refresh drops a kid: verdicts cached under the old keys must go."""
+        """Called when a refresh drops a key (its kid gone, or naming another key): verdicts cached under the
+        old keys must go."""
         self.keys: dict[str, VerificationKey] = {}
         self.unnamed: tuple[VerificationKey, ...] = ()
         """Keys without a kid; used only for tokens without one, and only when the set has a single key."""
@@ -127,8 +128,9 @@ class JwksKeys:
             self.last_error = _describe_failure(exc)
             log.warning("JWKS fetch failed", extra=log_fields(jwksUrl=public_url(self.url), error=self.last_error))
             return
-        dropped = self.keys.keys() - named.keys()
-        rotated = bool(dropped) or (bool(self.unnamed) and not unnamed)
+        # A kid now naming another key (or gone) drops its old key just as surely as a removed kid.
+        dropped = [kid for kid, key in self.keys.items() if named.get(kid) != key]
+        rotated = bool(dropped) or any(key not in unnamed for key in self.unnamed)
         self.keys, self.unnamed = named, unnamed
         self.fetched_at, self.fetched_wall = time.monotonic(), time.time()
         self.last_error = None

@@ -25,7 +25,7 @@ from gateway.errors import BadGateway, GatewayTimeout, ServiceUnavailable
 from gateway.exchange import Exchange, Reply
 from gateway.middleware.base import BuildContext, Handler, Middleware, MiddlewareConfig
 from gateway.routing import Instance
-from gateway.telemetry import GatewayMetrics
+from gateway.telemetry import GatewayMetrics, multiprocess_mode
 from gateway.units import Duration
 
 NAME = "breaker"
@@ -71,6 +71,8 @@ class InstanceBreaker(pybreaker.CircuitBreakerListener):
         self.metrics = metrics
         self.config = config
         self.trial_in_flight = False
+        self.retired = False
+        """Set once the instance left the registry; requests still finishing on it leave the metrics alone."""
         self.generation = 0
         """Bumped on every state change: an outcome is counted only under the state its request started in."""
         self.breaker = pybreaker.CircuitBreaker(
@@ -90,6 +92,14 @@ class InstanceBreaker(pybreaker.CircuitBreakerListener):
         self.breaker.fail_max = config.fail_max
         self.breaker.reset_timeout = config.reset_timeout
         self.breaker.success_threshold = config.success_threshold
+
+    def retire(self) -> None:
+        """The instance left the registry: drop its state series, or the breaker alert would fire for good."""
+        self.retired = True
+        if multiprocess_mode():
+            self.state_gauge.set(0)  # prometheus-client cannot remove a series in multiprocess mode
+        else:
+            self.metrics.breaker_state.remove(self.service, self.url)
 
     @property
     def state(self) -> str:
@@ -147,6 +157,8 @@ class InstanceBreaker(pybreaker.CircuitBreakerListener):
         new_state: pybreaker.CircuitBreakerState,
     ) -> None:
         self.generation += 1
+        if self.retired:
+            return
         self.state_gauge.set(_STATE_VALUES.get(new_state.name, 0))
         self.metrics.breaker_transitions.labels(self.service, self.url, new_state.name).inc()
         level = logging.WARNING if new_state.name == pybreaker.STATE_OPEN else logging.INFO

@@ -3,12 +3,14 @@
 GET responses of routes that enable `cache:` are kept for the route's `ttl`, shortened by the
 upstream's `Cache-Control: max-age`/`s-maxage`; `no-store`, `no-cache`, `private`, `Set-Cookie` and
 `Vary: *` keep a response out. The gateway is a shared cache, so a request made with a token is keyed
-by the token's user: one user's answer never reaches another. A client's `Cache-Control: no-cache` skips
-the lookup, `no-store` skips the cache entirely.
+by the token's user: one user's answer never reaches another; the host and scheme the client used are
+part of the key too. A client's `Cache-Control: no-cache` skips the lookup, `no-store` skips the cache
+entirely.
 
-When the upstream fails (502/503/504, its breaker is open, or it answers 500-504), an entry up to
-`stale_if_error` past its freshness is served instead, with `Age` and `Warning: 110` (RFC 5861's
-stale-if-error). Redis trouble never fails a request: the cache is skipped and the error counted.
+When the upstream fails (502/503/504, its breaker is open, or it answers 500, 502, 503 or 504), an entry
+up to `stale_if_error` past its freshness is served instead, with `Age` and `Warning: 110` (RFC 5861's
+stale-if-error), unless it carried `must-revalidate`, `proxy-revalidate` or `s-maxage`. Redis trouble
+never fails a request: the cache is skipped and the error counted.
 """
 from __future__ import annotations
 
@@ -33,9 +35,14 @@ PRIORITY = 5_000
 log = logging.getLogger("gateway.cache")
 
 _UNCACHEABLE_DIRECTIVES = frozenset({"no-store", "no-cache", "private"})
+_NO_STALE_DIRECTIVES = frozenset({"must-revalidate", "proxy-revalidate", "s-maxage"})
+"""Response directives that forbid a shared cache to serve a stale answer, even on error (RFC 9111, 4.2.4)."""
 _FAILURE_STATUSES = frozenset({500, 502, 503, 504})
 _KEY_HEADERS = ("Accept", "Accept-Encoding")
 """Request headers that commonly change the representation; part of every key."""
+_FORWARDED_KEY_HEADERS = ("X-Forwarded-Host", "X-Forwarded-Proto")
+"""Headers the gateway sends upstream, derived from the client's Host: services build links from them, so
+unkeyed they would let one client's Host reach everybody's cached answer (cache poisoning)."""
 _KEYED = frozenset({"accept", "accept-encoding", "authorization"})
 """What a Vary header may name for a response to be kept (Authorization: keys carry the user)."""
 _LENGTH_HEADERS = ("Content-Length", "Transfer-Encoding")
@@ -109,12 +116,15 @@ class CacheMiddleware(Middleware):
         request = exchange.request
         parts = [exchange.upstream_path]
         parts.extend(request.headers.get(name, "") for name in _KEY_HEADERS)
+        upstream = exchange.upstream_headers
+        assert upstream is not None, "set for every routed request"
+        parts.extend(upstream.get(name, "") for name in _FORWARDED_KEY_HEADERS)
         parts.append(exchange.user.sub if exchange.user is not None else "")
         digest = hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
         return self.key_prefix + digest
 
     def _stale(self, entry: _Entry | None) -> Reply | None:
-        if entry is None or entry.age() > entry.fresh_for + self.stale_if_error:
+        if entry is None or entry.age() > entry.fresh_for + self.stale_if_error or entry.forbids_stale():
             return None
         self.counted["stale"].inc()
         return entry.reply(None, "STALE")
@@ -180,6 +190,11 @@ class _Entry:
 
     def age(self) -> float:
         return max(0.0, time.time() - self.stored_at)
+
+    def forbids_stale(self) -> bool:
+        """Whether the upstream said this answer must never be served stale, not even on error."""
+        values = [value for name, value in self.headers if name.lower() == "cache-control"]
+        return not _NO_STALE_DIRECTIVES.isdisjoint(_directives(",".join(values)))
 
     def reply(self, exchange: Exchange | None, outcome: str) -> Reply:
         headers = CIMultiDict(self.headers)

@@ -471,3 +471,83 @@ async def test_an_abandoned_request_is_not_counted_and_an_abandoned_trial_frees_
     assert (await client.get("/api/v1/users/x")).status == 200  # the next request may be the trial
     assert await _state(client, users.url) == "closed"
     users.release.set()  # the instance's own handlers of the abandoned requests
+
+
+async def _reload(client: Client, write: Any, revision: int) -> None:
+    """Rewrite the registry with `write()` and wait until the gateway serves that revision."""
+    write()
+
+    async def applied() -> bool:
+        data = assert_success_envelope(await (await client.get("/api/v1/gateway/status")).json())
+        return bool(data["config"]["revision"] == revision)
+
+    await wait_until(applied, 3.0, f"revision {revision}")
+
+
+async def test_services_on_one_backend_keep_their_own_breakers_across_a_reload(
+    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
+) -> None:
+    """Two services served by one backend (a monolith being split up) have an instance each, with the same
+    URL: a reload must not make them share one (its breaker, in-flight count and health state)."""
+    backend = await _start(start_upstream, "monolith")
+
+    def write(reset_timeout: str = "20s") -> Path:
+        breaker = {"fail_max": 1, "reset_timeout": reset_timeout}
+        return write_registry(
+            registry_path,
+            {
+                SERVICE: service([backend.url], "/api/v1/users", breaker=breaker, retry=False),
+                "order-service": service([backend.url], "/api/v1/orders", breaker=breaker, retry=False),
+            },
+        )
+
+    client = await gateway_client(write())
+    assert (await client.get("/api/v1/users/x?status=500")).status == 500  # opens user-service's breaker
+    assert (await client.get("/api/v1/orders/x")).status == 200
+
+    await _reload(client, lambda: write("21s"), 2)
+
+    await _assert_circuit_open(await client.get("/api/v1/users/x"), retry_after=21)
+    assert (await client.get("/api/v1/orders/x")).status == 200
+    assert backend.hits == 3
+    listing = {entry["name"]: entry["instances"] for entry in await _listing(client)}
+    assert listing[SERVICE][0]["breaker"]["state"] == "open"
+    assert listing["order-service"][0]["breaker"]["state"] == "closed"
+
+
+async def test_an_instance_removed_by_a_reload_leaves_no_breaker_series_behind(
+    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
+) -> None:
+    """The state gauge of a removed instance would stay at "open" for good, and the breaker alert with it."""
+    failing = await _start(start_upstream, "failing", status=500)
+    healthy = await _start(start_upstream, "healthy")
+    client = await gateway_client(_registry(registry_path, failing.url, healthy.url, breaker={"fail_max": 1}))
+    await _statuses(client, "/api/v1/users/x", 2)
+    assert await _state(client, failing.url) == "open"
+    assert f'{STATE}{{instance="{failing.url}",service="{SERVICE}"}} 2.0' in await _metrics(client)
+
+    await _reload(client, lambda: _registry(registry_path, healthy.url, breaker={"fail_max": 1}), 2)
+
+    metrics = await _metrics(client)
+    assert f'{STATE}{{instance="{failing.url}"' not in metrics
+    assert f'{STATE}{{instance="{healthy.url}",service="{SERVICE}"}} 0.0' in metrics
+
+
+async def test_breaker_false_in_a_reload_drops_the_instances_breakers(
+    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
+) -> None:
+    """Switching breakers off (in an incident, say) must not leave an "open" breaker shown and exported."""
+    users = await _start(start_upstream, "users", status=500)
+    client = await gateway_client(_registry(registry_path, users.url, breaker={"fail_max": 1}))
+    assert (await client.get("/api/v1/users/x")).status == 500
+    assert await _state(client, users.url) == "open"
+
+    await _reload(client, lambda: _registry(registry_path, users.url, breaker=False), 2)
+
+    assert await _statuses(client, "/api/v1/users/x", 2) == [500, 500]  # no breaker: every request goes through
+    assert await _breaker(client, users.url) is None
+    assert f'{STATE}{{instance="{users.url}"' not in await _metrics(client)
+
+    await _reload(client, lambda: _registry(registry_path, users.url, breaker={"fail_max": 2}), 3)
+    assert await _statuses(client, "/api/v1/users/x", 1) == [500]
+    assert await _breaker(client, users.url) == {"state": "closed", "failures": 1}  # a new breaker, from zero

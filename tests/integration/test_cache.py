@@ -201,6 +201,48 @@ async def test_answers_are_kept_per_user(
     assert origin.users == ["alice", "bob"]
 
 
+async def test_a_host_sent_by_one_client_never_shapes_the_answer_another_gets(
+    registry_path: Path, gateway_client: GatewayClient, start_upstream: StartUpstream, cache_service: str
+) -> None:
+    """Services build links from X-Forwarded-Host/-Proto, which the gateway derives from the client's Host:
+    an unkeyed Host would let anyone plant links to their own site in everybody's cached answer."""
+    links: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        link = f"{request.headers['X-Forwarded-Proto']}://{request.headers['X-Forwarded-Host']}/api/v1/things/2"
+        links.append(link)
+        return web.json_response({"next": link})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    url = await start_upstream(app)
+    registry = write_registry(registry_path, {cache_service: service([url], "/api/v1/things", cache={}, retry=False)})
+    client = await gateway_client(registry)
+    own = f"{client.server.host}:{client.server.port}"
+
+    poisoned = await client.get("/api/v1/things/1", headers={"Host": "attacker.example"})
+    assert (await poisoned.json())["next"] == "http://attacker.example/api/v1/things/2"
+    await _until(lambda: _stored(client, cache_service))
+
+    status, headers, body = await _get(client)
+    assert (headers["X-Cache"], body["next"]) == ("MISS", f"http://{own}/api/v1/things/2")
+
+    async def both_stored() -> bool:
+        return await _entries(client, cache_service) == 2
+
+    await _until(both_stored)
+    status, headers, body = await _get(client)
+    assert (headers["X-Cache"], body["next"]) == ("HIT", f"http://{own}/api/v1/things/2")
+    assert len(links) == 2
+
+
+async def _entries(client: TestClient[Any, Any], name: str) -> int:
+    """How many entries the gateway's Redis holds for the service."""
+    redis = client.server.app[GATEWAY_KEY].resources.redis
+    assert redis is not None
+    return len([key async for key in redis.scan_iter(f"kadai:cache:{name}:*")])
+
+
 @pytest.mark.parametrize("failure", ["status-503", "instance-gone"])
 async def test_a_stale_copy_is_served_while_the_upstream_fails(
     registry_path: Path,
@@ -240,6 +282,41 @@ async def test_a_stale_copy_is_served_while_the_upstream_fails(
     assert response.status == expected
     if failure == "instance-gone":
         assert_error_envelope(await response.json(), 502)
+
+
+@pytest.mark.parametrize(
+    "cache_control",
+    ["must-revalidate", "public, proxy-revalidate", "s-maxage=60"],
+    ids=["must-revalidate", "proxy-revalidate", "s-maxage"],
+)
+async def test_an_answer_the_upstream_forbids_to_serve_stale_is_not_served_stale(
+    registry_path: Path,
+    gateway_client: GatewayClient,
+    start_upstream: StartUpstream,
+    cache_service: str,
+    cache_control: str,
+) -> None:
+    """RFC 9111, 4.2.4: must-revalidate, and for a shared cache proxy-revalidate and s-maxage, forbid a stale
+    answer: the client gets the failure instead (prices or stock levels must never be served out of date)."""
+    origin = Origin()
+    origin.headers = {"Cache-Control": cache_control}
+    url = await start_upstream(origin.app())
+    registry = write_registry(
+        registry_path,
+        {cache_service: service([url], "/api/v1/things", cache={"ttl": "200ms", "stale_if_error": "10s"}, retry=False)},
+    )
+    client = await gateway_client(registry)
+    await _get(client)
+    await _until(lambda: _stored(client, cache_service))
+    assert (await _get(client))[1]["X-Cache"] == "HIT"  # kept and served while fresh
+    await asyncio.sleep(0.25)
+
+    origin.status = 503
+    response = await client.get("/api/v1/things/1")
+
+    assert response.status == 503
+    assert "X-Cache" not in response.headers
+    assert (await response.json())["hit"] == 2
 
 
 async def _value(result: Any) -> Any:

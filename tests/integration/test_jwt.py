@@ -371,6 +371,25 @@ async def test_jwks_rotation_fetches_new_keys_and_drops_verdicts_of_removed_ones
     assert report["jwks"]["url"] == jwks.url
 
 
+async def test_a_kid_that_comes_back_with_another_key_drops_the_verdicts_of_the_old_one(
+    registry_path: Path, start_recorder: StartRecorder, start_jwks: StartJwks, serve_with: ServeWith
+) -> None:
+    """An issuer replacing a (leaked) key under the same kid: tokens of the old key, even cached ones, are out."""
+    users = await start_recorder("users")
+    jwks = await start_jwks([jwk(rsa_key("a"), "signing")])
+    client = await serve_with(jwks_settings(jwks.url, 0.001), jwt_registry(registry_path, users.url))
+    old = rs_token("a", "signing", sub="u-old")
+    assert (await client.get(USERS, headers=bearer(old))).status == 200
+
+    jwks.keys = [jwk(rsa_key("b"), "signing"), jwk(rsa_key("c"), "other")]
+    assert (await client.get(USERS, headers=bearer(rs_token("c", "other")))).status == 200  # fetches the set
+    assert jwks.fetches == 2
+
+    await assert_unauthorized(await client.get(USERS, headers=bearer(old)), challenge_error=True)
+    assert (await client.get(USERS, headers=bearer(rs_token("b", "signing", sub="u-new")))).status == 200
+    assert last(users).header("X-User-ID") == "u-new"
+
+
 async def test_unknown_kids_refresh_at_most_once_per_interval(
     registry_path: Path, start_recorder: StartRecorder, start_jwks: StartJwks, serve_with: ServeWith
 ) -> None:

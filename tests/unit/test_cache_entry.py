@@ -1,0 +1,37 @@
+"""Unit tests of the response cache's entries (gateway.middleware.cache): which answers may be served stale."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.middleware.cache import _Entry
+
+
+def entry(*headers: tuple[str, str]) -> _Entry:
+    return _Entry(200, [("Content-Type", "application/json"), *headers], b"{}", time.time(), 30.0)
+
+
+@pytest.mark.parametrize(
+    ("headers", "forbidden"),
+    [
+        ((), False),
+        ((("Cache-Control", "public, max-age=60"),), False),
+        ((("Cache-Control", "max-age=60, must-revalidate"),), True),
+        ((("cache-control", "Proxy-Revalidate"),), True),
+        ((("Cache-Control", "s-maxage=10"),), True),
+        ((("Cache-Control", "public"), ("Cache-Control", "must-revalidate")), True),
+        ((("Cache-Control", "stale-if-error=600"),), False),
+        ((("X-Note", "must-revalidate"),), False),
+    ],
+    ids=["no-directives", "max-age", "must-revalidate", "proxy-revalidate-any-case", "s-maxage",
+         "second-cache-control-header", "stale-if-error", "other-header"],
+)
+def test_revalidation_directives_forbid_serving_stale(headers: tuple[tuple[str, str], ...], forbidden: bool) -> None:
+    assert entry(*headers).forbids_stale() is forbidden
+
+
+def test_the_directives_survive_the_trip_through_redis() -> None:
+    stored = entry(("Cache-Control", "max-age=5, must-revalidate"))
+    decoded = _Entry.decode(stored.encode())
+    assert decoded is not None and decoded.forbids_stale()
