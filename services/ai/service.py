@@ -30,8 +30,6 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
-
 from services.ai import store
 from services.ai.config import AiConfig
 from services.ai.forecast import forecast
@@ -50,7 +48,21 @@ from services.ai.models import (
     UserRecommendations,
 )
 from services.events import ORDER_CREATED, ORDER_STATUS_UPDATED, PRODUCT_CREATED, PRODUCT_STOCK_UPDATED, PRODUCT_UPDATED
-from services.kit import Call, Event, EventContext, Forbidden, NotFound, Routes, Row, Service
+from services.kit import (
+    TOKEN_REQUIRED,
+    Call,
+    Event,
+    EventContext,
+    Forbidden,
+    NotFound,
+    Routes,
+    Row,
+    Service,
+    error,
+    path_parameter,
+    query_parameters,
+    reply,
+)
 
 PRIVILEGED_ROLES = frozenset({"admin", "service"})
 
@@ -192,113 +204,47 @@ async def on_order_status(event: Event, ctx: EventContext) -> None:
 # --- OpenAPI ----------------------------------------------------------------------------------------
 
 
-_ERROR_ENVELOPE: dict[str, Any] = {
-    "type": "object",
-    "required": ["success", "error", "statusCode", "timestamp"],
-    "properties": {
-        "success": {"const": False},
-        "error": {"type": "string"},
-        "statusCode": {"type": "integer"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "requestId": {"type": "string"},
-        "details": {"description": "What failed: for 422, a list of {field, message, type}."},
-    },
-}
-"""The spec's error envelope, written out: the document stands alone, whoever merges it."""
-
-
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON Schema, its $defs inlined: in an OpenAPI document "#/$defs/..." would point at
-    the document's root, not at the schema."""
-    schema = model.model_json_schema(by_alias=True)
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                siblings = {key: value for key, value in node.items() if key != "$ref"}
-                return inline({**defs[ref.removeprefix("#/$defs/")], **siblings})
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        return node
-
-    return dict(inline(schema))
-
-
-def _envelope(model: type[BaseModel]) -> dict[str, Any]:
-    """The spec's success envelope around the model."""
-    return {
-        "type": "object",
-        "required": ["success", "data", "timestamp"],
-        "properties": {
-            "success": {"const": True},
-            "data": _schema(model),
-            "message": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "requestId": {"type": "string"},
-        },
-    }
-
-
-def _operation(
-    operation_id: str, summary: str, reply: type[BaseModel], errors: dict[str, str], parameters: list[dict[str, Any]]
-) -> dict[str, Any]:
-    envelope = {"content": {"application/json": {"schema": _ERROR_ENVELOPE}}}
-    return {
-        "get": {
-            "summary": summary,
-            "operationId": operation_id,
-            "security": [{"bearerAuth": []}],
-            "parameters": parameters,
-            "responses": {
-                "200": {
-                    "description": "Success envelope",
-                    "content": {"application/json": {"schema": _envelope(reply)}},
-                },
-                "401": {"description": "Missing or invalid bearer token.", **envelope},
-                **{code: {"description": text, **envelope} for code, text in errors.items()},
-            },
-        }
-    }
-
-
-def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
-    schema = _schema(model)
-    required = set(schema.get("required", ()))
-    return [
-        {"name": name, "in": "query", "required": name in required, "schema": field}
-        for name, field in schema["properties"].items()
-    ]
-
-
-def _path(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
+_UNKNOWN_PRODUCT = error("No data about this product.")
 
 OPENAPI_PATHS: dict[str, dict[str, Any]] = {
-    "/ai/recommendations": _operation(
-        "product_recommendations",
-        "Products bought together with a product, then its seller's best sellers",
-        ProductRecommendations,
-        {"404": "No data about this product.", "422": "productId missing or limit out of range."},
-        _query(ProductRecommendationQuery),
-    ),
-    "/ai/recommendations/users/{userId}": _operation(
-        "user_recommendations",
-        "Recommendations from a user's order history (the user, admins, services)",
-        UserRecommendations,
-        {"403": "Another user's recommendations.", "422": "limit out of range."},
-        [_path("userId"), *_query(UserRecommendationQuery)],
-    ),
-    "/ai/forecast/{productId}": _operation(
-        "product_forecast",
-        "Daily demand forecast (exponential smoothing) and days until stock-out (the seller, admins, services)",
-        ForecastOut,
-        {"403": "Another seller's product.", "404": "No data about this product.", "422": "days out of range."},
-        [_path("productId"), *_query(ForecastQuery)],
-    ),
+    "/ai/recommendations": {
+        "get": {
+            "summary": "Products bought together with a product, then its seller's best sellers",
+            "parameters": query_parameters(ProductRecommendationQuery),
+            "responses": {
+                "200": reply("The product's recommendations.", ProductRecommendations),
+                "401": TOKEN_REQUIRED,
+                "404": _UNKNOWN_PRODUCT,
+                "422": error("productId missing or limit out of range."),
+            },
+        }
+    },
+    "/ai/recommendations/users/{userId}": {
+        "get": {
+            "summary": "Recommendations from a user's order history (the user, admins, services)",
+            "parameters": [path_parameter("userId"), *query_parameters(UserRecommendationQuery)],
+            "responses": {
+                "200": reply("The user's recommendations.", UserRecommendations),
+                "401": TOKEN_REQUIRED,
+                "403": error("Another user's recommendations."),
+                "422": error("limit out of range."),
+            },
+        }
+    },
+    "/ai/forecast/{productId}": {
+        "get": {
+            "summary": "Daily demand forecast (exponential smoothing) and days until stock-out (the seller, admins, "
+            "services)",
+            "parameters": [path_parameter("productId"), *query_parameters(ForecastQuery)],
+            "responses": {
+                "200": reply("The product's forecast.", ForecastOut),
+                "401": TOKEN_REQUIRED,
+                "403": error("Another seller's product."),
+                "404": _UNKNOWN_PRODUCT,
+                "422": error("days out of range."),
+            },
+        }
+    },
 }
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
 from services.analytics import store
 from services.analytics.models import (
     BroadcastRequested,
@@ -54,7 +52,20 @@ from services.events import (
     USER_CREATED,
     USER_UPDATED,
 )
-from services.kit import Call, Event, EventContext, EventHandler, Forbidden, NotFound, Routes, Service
+from services.kit import (
+    TOKEN_REQUIRED,
+    Call,
+    Event,
+    EventContext,
+    EventHandler,
+    Forbidden,
+    NotFound,
+    Routes,
+    Service,
+    error,
+    path_parameter,
+    reply,
+)
 from services.notification.events import NOTIFICATION_FAILED
 from services.product.events import PRODUCT_RESERVATION_FAILED
 
@@ -173,96 +184,43 @@ HANDLERS: dict[str, EventHandler] = {
 }
 
 
-_ERROR_ENVELOPE: dict[str, Any] = {
-    "type": "object",
-    "required": ["success", "error", "statusCode", "timestamp"],
-    "properties": {
-        "success": {"const": False},
-        "error": {"type": "string"},
-        "statusCode": {"type": "integer"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "requestId": {"type": "string"},
-        "details": {"description": "What failed: for 422, a list of {field, message, type}."},
-    },
-}
-"""The spec's error envelope, written out: the document stands alone, whoever merges it."""
-
-
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON Schema, its $defs inlined: in an OpenAPI document "#/$defs/..." would point at
-    the document's root, not at the schema."""
-    schema = model.model_json_schema(by_alias=True)
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                siblings = {key: value for key, value in node.items() if key != "$ref"}
-                return inline({**defs[ref.removeprefix("#/$defs/")], **siblings})
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        return node
-
-    return dict(inline(schema))
-
-
-def _envelope(model: type[BaseModel]) -> dict[str, Any]:
-    """The spec's success envelope around the model."""
-    return {
-        "type": "object",
-        "required": ["success", "data", "timestamp"],
-        "properties": {
-            "success": {"const": True},
-            "data": _schema(model),
-            "message": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "requestId": {"type": "string"},
-        },
-    }
-
-
-def _get(
-    operation_id: str, summary: str, reply: type[BaseModel], errors: dict[str, str], parameter: str | None = None
-) -> dict[str, Any]:
-    envelope = {"application/json": {"schema": _ERROR_ENVELOPE}}
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "operationId": operation_id,
-        "security": [{"bearerAuth": []}],
-        "responses": {
-            "200": {"description": "Success envelope", "content": {"application/json": {"schema": _envelope(reply)}}},
-            "401": {"description": "Missing or invalid bearer token.", "content": envelope},
-            **{code: {"description": text, "content": envelope} for code, text in errors.items()},
-        },
-    }
-    if parameter is not None:
-        operation["parameters"] = [{"name": parameter, "in": "path", "required": True, "schema": {"type": "string"}}]
-    return {"get": operation}
-
 
 OPENAPI_PATHS: dict[str, dict[str, Any]] = {
-    "/analytics/sellers/{sellerId}": _get(
-        "seller_analytics",
-        "Metrics of one seller: orders, revenue of paid orders, units, payment failures, stock, notifications",
-        SellerMetrics,
-        {"403": "A customer, or another seller's analytics.", "404": "Nothing is known of this seller."},
-        "sellerId",
-    ),
-    "/analytics/products/{productId}": _get(
-        "product_analytics",
-        "Metrics of one product (its seller, admins and services)",
-        ProductMetrics,
-        {"403": "A customer, or another seller's product.", "404": "Nothing is known of this product."},
-        "productId",
-    ),
-    "/analytics/summary": _get(
-        "summary",
-        "Platform totals and events by type (admins and services)",
-        Summary,
-        {"403": "Only admins and services."},
-    ),
+    "/analytics/sellers/{sellerId}": {
+        "get": {
+            "summary": "Metrics of one seller: orders, revenue of paid orders, units, payment failures, stock, "
+            "notifications",
+            "parameters": [path_parameter("sellerId")],
+            "responses": {
+                "200": reply("The seller's metrics.", SellerMetrics),
+                "401": TOKEN_REQUIRED,
+                "403": error("A customer, or another seller's analytics."),
+                "404": error("Nothing is known of this seller."),
+            },
+        }
+    },
+    "/analytics/products/{productId}": {
+        "get": {
+            "summary": "Metrics of one product (its seller, admins and services)",
+            "parameters": [path_parameter("productId")],
+            "responses": {
+                "200": reply("The product's metrics.", ProductMetrics),
+                "401": TOKEN_REQUIRED,
+                "403": error("A customer, or another seller's product."),
+                "404": error("Nothing is known of this product."),
+            },
+        }
+    },
+    "/analytics/summary": {
+        "get": {
+            "summary": "Platform totals and events by type (admins and services)",
+            "responses": {
+                "200": reply("The platform's totals.", Summary),
+                "401": TOKEN_REQUIRED,
+                "403": error("Only admins and services."),
+            },
+        }
+    },
 }
 
 

@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from services.broadcast.events import recipient_kind
-from services.kit import CamelModel
+from services.kit import CamelModel, PageInfo, PageQuery
 
 Status = Literal["draft", "scheduled", "sending", "sent"]
 ALL_CUSTOMERS = "all-customers"
@@ -70,9 +70,7 @@ class BroadcastIn(CamelModel):
     )
 
 
-class BroadcastQuery(CamelModel):
-    page: int = Field(1, ge=1, le=100_000)
-    page_size: int = Field(20, ge=1, le=100)
+class BroadcastQuery(PageQuery):
     status: Status | None = None
     owner_id: str | None = Field(None, max_length=128, description="Admins only: the campaigns of one owner.")
 
@@ -144,20 +142,9 @@ class BroadcastOut(CamelModel):
         )
 
 
-class Pagination(CamelModel):
-    page: int
-    page_size: int
-    total: int
-    total_pages: int
-
-    @classmethod
-    def of(cls, page: int, page_size: int, total: int) -> Pagination:
-        return cls(page=page, page_size=page_size, total=total, total_pages=-(-total // page_size))
-
-
 class BroadcastPage(CamelModel):
     items: list[BroadcastOut]
-    pagination: Pagination
+    pagination: PageInfo
 
 
 def utc_iso(moment: datetime) -> str:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel
-
 from services.broadcast import store
 from services.broadcast.config import BroadcastConfig
 from services.broadcast.events import BROADCAST_REQUESTED
@@ -37,13 +35,13 @@ from services.broadcast.models import (
     BroadcastPage,
     BroadcastQuery,
     NotificationOutcome,
-    Pagination,
     UserChanged,
     utc_iso,
 )
 from services.broadcast.sending import SENDABLE, scheduling, send_campaign
 from services.events import NOTIFICATION_SENT, USER_CREATED, USER_UPDATED
 from services.kit import (
+    TOKEN_REQUIRED,
     Call,
     Conflict,
     Event,
@@ -55,7 +53,12 @@ from services.kit import (
     Row,
     Service,
     ValidationFailed,
+    error,
     ok,
+    path_parameter,
+    query_parameters,
+    reply,
+    request_body,
 )
 from services.notification.events import NOTIFICATION_FAILED
 
@@ -111,17 +114,11 @@ async def list_broadcasts(call: Call) -> BroadcastPage:
         if owner_id is not None and owner_id != call.caller.id:
             raise Forbidden("Only admins see other owners' broadcasts")
         owner_id = call.caller.id
+    limit, offset = query.window()
     rows, total = await store.list_campaigns(
-        call.db,
-        owner_id=owner_id,
-        status=query.status,
-        limit=query.page_size,
-        offset=(query.page - 1) * query.page_size,
+        call.db, owner_id=owner_id, status=query.status, limit=limit, offset=offset
     )
-    return BroadcastPage(
-        items=[BroadcastOut.from_row(row) for row in rows],
-        pagination=Pagination.of(query.page, query.page_size, total),
-    )
+    return BroadcastPage(items=[BroadcastOut.from_row(row) for row in rows], pagination=query.page_info(total))
 
 
 @routes.get("/broadcasts/{broadcastId}", roles=ROLES)
@@ -146,126 +143,56 @@ async def on_notification_failed(event: Event, ctx: EventContext) -> None:
         await store.record_delivery(ctx.tx, outcome.notification_id, outcome.campaign_id, "failed")
 
 
-_ERROR_ENVELOPE: dict[str, Any] = {
-    "type": "object",
-    "required": ["success", "error", "statusCode", "timestamp"],
-    "properties": {
-        "success": {"const": False},
-        "error": {"type": "string"},
-        "statusCode": {"type": "integer"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "requestId": {"type": "string"},
-        "details": {"description": "What failed: for 422, a list of {field, message, type}."},
-    },
-}
-"""The spec's error envelope, written out: the document stands alone, whoever merges it."""
-
-
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON Schema, its $defs inlined: in an OpenAPI document "#/$defs/..." would point at
-    the document's root, not at the schema."""
-    schema = model.model_json_schema(by_alias=True)
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                siblings = {key: value for key, value in node.items() if key != "$ref"}
-                return inline({**defs[ref.removeprefix("#/$defs/")], **siblings})
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        return node
-
-    return dict(inline(schema))
-
-
-def _envelope(model: type[BaseModel]) -> dict[str, Any]:
-    """The spec's success envelope around the model."""
-    return {
-        "type": "object",
-        "required": ["success", "data", "timestamp"],
-        "properties": {
-            "success": {"const": True},
-            "data": _schema(model),
-            "message": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "requestId": {"type": "string"},
-        },
-    }
-
-
-def _reply(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-_ID = [{"name": "broadcastId", "in": "path", "required": True, "schema": {"type": "string"}}]
-_COMMON_ERRORS = {
-    "401": _reply("Missing or invalid bearer token.", _ERROR_ENVELOPE),
-    "403": _reply("Only sellers and admins run broadcasts.", _ERROR_ENVELOPE),
-}
-_CAMPAIGN = _envelope(BroadcastOut)
-
-_BEARER = [{"bearerAuth": []}]
-"""Every route here needs a token (the kit's document declares the bearerAuth scheme)."""
+_ID = [path_parameter("broadcastId")]
+_NOT_SELLER = error("Only sellers and admins run broadcasts.")
+_NOT_FOUND = error("No such campaign (or not the caller's).")
 
 OPENAPI_PATHS: dict[str, dict[str, Any]] = {
     "/broadcasts": {
         "post": {
             "summary": "Create a campaign: a draft, or scheduled when scheduledAt is given",
-            "operationId": "create_broadcast",
-            "security": _BEARER,
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _schema(BroadcastIn)}},
-            },
+            "requestBody": request_body(BroadcastIn),
             "responses": {
-                "201": _reply("The campaign", _CAMPAIGN),
-                "400": _reply("The body is not JSON.", _ERROR_ENVELOPE),
-                "422": _reply("Invalid fields (details name them); scheduledAt in the past.", _ERROR_ENVELOPE),
-                **_COMMON_ERRORS,
+                "201": reply("The campaign", BroadcastOut),
+                "400": error("The body is not JSON."),
+                "401": TOKEN_REQUIRED,
+                "403": _NOT_SELLER,
+                "422": error("Invalid fields (details name them); scheduledAt in the past."),
             },
         },
         "get": {
             "summary": "The caller's campaigns (admins: all), newest first, paginated",
-            "operationId": "list_broadcasts",
-            "security": _BEARER,
-            "parameters": [
-                {"name": name, "in": "query", "required": False, "schema": field}
-                for name, field in _schema(BroadcastQuery)["properties"].items()
-            ],
+            "parameters": query_parameters(BroadcastQuery),
             "responses": {
-                "200": _reply("A page of campaigns", _envelope(BroadcastPage)),
-                "422": _reply("Invalid query parameters.", _ERROR_ENVELOPE),
-                **_COMMON_ERRORS,
+                "200": reply("A page of campaigns", BroadcastPage),
+                "401": TOKEN_REQUIRED,
+                "403": _NOT_SELLER,
+                "422": error("Invalid query parameters."),
             },
         },
     },
     "/broadcasts/{broadcastId}": {
         "get": {
             "summary": "One campaign with its status and delivery counts",
-            "operationId": "get_broadcast",
-            "security": _BEARER,
             "parameters": _ID,
             "responses": {
-                "200": _reply("The campaign", _CAMPAIGN),
-                "404": _reply("No such campaign (or not the caller's).", _ERROR_ENVELOPE),
-                **_COMMON_ERRORS,
+                "200": reply("The campaign", BroadcastOut),
+                "401": TOKEN_REQUIRED,
+                "403": _NOT_SELLER,
+                "404": _NOT_FOUND,
             },
         }
     },
     "/broadcasts/{broadcastId}/send": {
         "post": {
             "summary": "Send a draft or scheduled campaign now",
-            "operationId": "send_broadcast",
-            "security": _BEARER,
             "parameters": _ID,
             "responses": {
-                "202": _reply("Handed over for delivery; status sending (sent when it has no recipients)", _CAMPAIGN),
-                "404": _reply("No such campaign (or not the caller's).", _ERROR_ENVELOPE),
-                "409": _reply("The campaign is already sending or sent.", _ERROR_ENVELOPE),
-                **_COMMON_ERRORS,
+                "202": reply("Handed over for delivery; status sending (sent when it has no recipients)", BroadcastOut),
+                "401": TOKEN_REQUIRED,
+                "403": _NOT_SELLER,
+                "404": _NOT_FOUND,
+                "409": error("The campaign is already sending or sent."),
             },
         }
     },

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from services.kit import CamelModel
+from services.kit import CamelModel, PageInfo, PageQuery
 
 
 def _id(value: object) -> object:
@@ -75,9 +75,7 @@ class BroadcastRequested(Payload):
     recipients: list[str]
 
 
-class NotificationQuery(CamelModel):
-    page: int = Field(1, ge=1, le=100_000)
-    page_size: int = Field(20, ge=1, le=100)
+class NotificationQuery(PageQuery):
     status: Literal["pending", "sent", "failed"] | None = None
     template: str | None = Field(None, max_length=64)
     campaign_id: str | None = Field(None, max_length=128)
@@ -126,17 +124,6 @@ class NotificationOut(CamelModel):
         )
 
 
-class Pagination(CamelModel):
-    page: int
-    page_size: int
-    total: int
-    total_pages: int
-
-    @classmethod
-    def of(cls, page: int, page_size: int, total: int) -> Pagination:
-        return cls(page=page, page_size=page_size, total=total, total_pages=-(-total // page_size))
-
-
 class NotificationPage(CamelModel):
     items: list[NotificationOut]
-    pagination: Pagination
+    pagination: PageInfo

@@ -42,8 +42,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from gateway.logs import log_fields
 from services.broadcast.events import BROADCAST_REQUESTED, PHONE, RecipientKind, recipient_kind
 from services.events import (
@@ -56,7 +54,23 @@ from services.events import (
     USER_CREATED,
     USER_UPDATED,
 )
-from services.kit import Call, Event, EventContext, Forbidden, NotFound, Routes, Row, Service, Transaction
+from services.kit import (
+    TOKEN_REQUIRED,
+    Call,
+    Event,
+    EventContext,
+    Forbidden,
+    NotFound,
+    PageQuery,
+    Routes,
+    Row,
+    Service,
+    Transaction,
+    error,
+    path_parameter,
+    query_parameters,
+    reply,
+)
 from services.notification import store
 from services.notification.config import NotifyConfig
 from services.notification.dispatcher import dispatching
@@ -69,7 +83,6 @@ from services.notification.models import (
     NotificationQuery,
     OrderCreated,
     OrderStatusUpdated,
-    Pagination,
     PaymentOutcome,
     StockUpdated,
     UserChanged,
@@ -286,19 +299,16 @@ async def list_notifications(call: Call) -> NotificationPage:
     caller = call.caller
     filters = {
         name: value
-        for name, value in query.model_dump(exclude={"page", "page_size"}).items()
+        for name, value in query.model_dump(exclude=set(PageQuery.model_fields)).items()
         if value is not None
     }
     if caller.role not in PRIVILEGED_ROLES:
         if query.user_id is not None and query.user_id != caller.id:
             raise Forbidden("Only admins see other users' notifications")
         filters["user_id"] = caller.id
-    offset = (query.page - 1) * query.page_size
-    rows, total = await store.list_notifications(call.db, filters, limit=query.page_size, offset=offset)
-    return NotificationPage(
-        items=[NotificationOut.from_row(row) for row in rows],
-        pagination=Pagination.of(query.page, query.page_size, total),
-    )
+    limit, offset = query.window()
+    rows, total = await store.list_notifications(call.db, filters, limit=limit, offset=offset)
+    return NotificationPage(items=[NotificationOut.from_row(row) for row in rows], pagination=query.page_info(total))
 
 
 @routes.get("/notifications/{notificationId}")
@@ -311,98 +321,28 @@ async def get_notification(call: Call) -> NotificationOut:
     return NotificationOut.from_row(row)
 
 
-_ERROR_ENVELOPE: dict[str, Any] = {
-    "type": "object",
-    "required": ["success", "error", "statusCode", "timestamp"],
-    "properties": {
-        "success": {"const": False},
-        "error": {"type": "string"},
-        "statusCode": {"type": "integer"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "requestId": {"type": "string"},
-        "details": {"description": "What failed: for 422, a list of {field, message, type}."},
-    },
-}
-"""The spec's error envelope, written out: the document stands alone, whoever merges it."""
-
-
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON Schema, its $defs inlined: in an OpenAPI document "#/$defs/..." would point at
-    the document's root, not at the schema."""
-    schema = model.model_json_schema(by_alias=True)
-    defs = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                siblings = {key: value for key, value in node.items() if key != "$ref"}
-                return inline({**defs[ref.removeprefix("#/$defs/")], **siblings})
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        return node
-
-    return dict(inline(schema))
-
-
-def _envelope(model: type[BaseModel]) -> dict[str, Any]:
-    """The spec's success envelope around the model."""
-    return {
-        "type": "object",
-        "required": ["success", "data", "timestamp"],
-        "properties": {
-            "success": {"const": True},
-            "data": _schema(model),
-            "message": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "requestId": {"type": "string"},
-        },
-    }
-
-
-def _responses(ok: type[BaseModel], *errors: str) -> dict[str, Any]:
-    described = {
-        "401": "Missing or invalid bearer token.",
-        "403": "Only admins see other users' notifications.",
-        "404": "No such notification (or not the caller's).",
-        "422": "Invalid query parameters; details name them.",
-    }
-    envelope = {"application/json": {"schema": _ERROR_ENVELOPE}}
-    return {
-        "200": {"description": "Success envelope", "content": {"application/json": {"schema": _envelope(ok)}}},
-        **{code: {"description": described[code], "content": envelope} for code in errors},
-    }
-
-
-def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
-    schema = _schema(model)
-    return [
-        {"name": name, "in": "query", "required": False, "schema": field}
-        for name, field in schema["properties"].items()
-    ]
-
-
-_BEARER = [{"bearerAuth": []}]
-"""Every route here needs a token (the kit's document declares the bearerAuth scheme)."""
-
 OPENAPI_PATHS: dict[str, dict[str, Any]] = {
     "/notifications": {
         "get": {
             "summary": "The caller's notifications (admins: everyone's), newest first, paginated",
-            "operationId": "list_notifications",
-            "security": _BEARER,
-            "parameters": _query_parameters(NotificationQuery),
-            "responses": _responses(NotificationPage, "401", "403", "422"),
+            "parameters": query_parameters(NotificationQuery),
+            "responses": {
+                "200": reply("A page of notifications.", NotificationPage),
+                "401": TOKEN_REQUIRED,
+                "403": error("Only admins see other users' notifications."),
+                "422": error("Invalid query parameters; details name them."),
+            },
         }
     },
     "/notifications/{notificationId}": {
         "get": {
             "summary": "One notification: its recipient, an admin or a service",
-            "operationId": "get_notification",
-            "security": _BEARER,
-            "parameters": [{"name": "notificationId", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": _responses(NotificationOut, "401", "404"),
+            "parameters": [path_parameter("notificationId")],
+            "responses": {
+                "200": reply("The notification.", NotificationOut),
+                "401": TOKEN_REQUIRED,
+                "404": error("No such notification (or not the caller's)."),
+            },
         }
     },
 }

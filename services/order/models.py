@@ -9,8 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
-from services.kit import CamelModel
-from services.product.shared import Pagination
+from services.kit import CamelModel, Pagination
 
 MAX_ITEMS = 50
 MAX_QUANTITY = 1_000_000

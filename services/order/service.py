@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from gateway.logs import log_fields
 from services.events import ORDER_CREATED, ORDER_STATUS_UPDATED, PAYMENT_FAILED, PAYMENT_PROCESSED
 from services.kit import (
+    TOKEN_REQUIRED,
     BadGateway,
     Call,
     Conflict,
@@ -54,13 +55,19 @@ from services.kit import (
     Service,
     ServiceUnavailable,
     ValidationFailed,
+    error,
+    listed,
     ok,
+    path_parameter,
+    query_parameters,
+    reply,
+    request_body,
+    wrapped,
 )
 from services.order import store
 from services.order.config import OrderConfig
 from services.order.models import CheckedItem, CheckedItems, OrderIn, OrderOut, OrderQuery
 from services.product.events import PRODUCT_RESERVATION_FAILED, PaymentOutcome, ReservationFailed
-from services.product.shared import error, listed, path_parameter, query_parameters, reply, request_body, wrapped
 
 log = logging.getLogger("services.order")
 
@@ -243,7 +250,6 @@ async def on_reservation_failed(event: Event, ctx: EventContext) -> None:
 # OpenAPI ------------------------------------------------------------------------------------------------
 
 _ORDER = wrapped("order", OrderOut)
-_UNAUTHORIZED = error("Missing or invalid bearer token.")
 
 OPENAPI_PATHS: dict[str, dict[str, Any]] = {
     "/orders": {
@@ -252,7 +258,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "requestBody": request_body(OrderIn),
             "responses": {
                 "201": reply("The pending order; order.created is published.", _ORDER),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "403": error("A service token: orders are placed by users."),
                 "409": error("Not enough stock for some items (details name them)."),
                 "422": error("Invalid items, unknown products, or items of several sellers or currencies."),
@@ -265,7 +271,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "parameters": query_parameters(OrderQuery),
             "responses": {
                 "200": reply("One page of orders and the pagination block.", listed("orders", OrderOut)),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "403": error("Filters naming another user or seller."),
                 "422": error("Bad filters or pagination."),
             },
@@ -277,7 +283,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "summary": "One order (its buyer, its seller, admins)",
             "responses": {
                 "200": reply("The order.", _ORDER),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "404": error("No such order, or not the caller's."),
             },
         },

@@ -7,8 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from services.kit import CamelModel
-from services.product.shared import Pagination
+from services.kit import CamelModel, Pagination
 
 MAX_AMOUNT_CENTS = 1_000_000_000
 

@@ -57,6 +57,7 @@ from gateway.exchange import JSON_CONTENT_TYPE
 from gateway.logs import log_fields
 from services.events import ORDER_CREATED, PAYMENT_FAILED, PAYMENT_PROCESSED
 from services.kit import (
+    TOKEN_REQUIRED,
     BadGateway,
     BadRequest,
     Call,
@@ -70,13 +71,19 @@ from services.kit import (
     Service,
     Transaction,
     ValidationFailed,
+    error,
+    listed,
+    path_parameter,
+    query_parameters,
+    reply,
+    request_body,
+    wrapped,
 )
 from services.payment import store
 from services.payment.config import PaymentConfig
 from services.payment.models import PaymentIn, PaymentOut, PaymentQuery
 from services.payment.processor import ChargeRequest, PaymentProcessor, ProcessorFactory, simulator
 from services.product.events import PRODUCT_RESERVATION_FAILED, OrderCreated, ReservationFailed
-from services.product.shared import error, listed, path_parameter, query_parameters, reply, request_body, wrapped
 
 log = logging.getLogger("services.payment")
 
@@ -317,7 +324,6 @@ def build_service(factory: ProcessorFactory = simulator) -> Service:
 # OpenAPI ------------------------------------------------------------------------------------------------
 
 _PAYMENT = wrapped("payment", PaymentOut)
-_UNAUTHORIZED = error("Missing or invalid bearer token.")
 
 OPENAPI_PATHS: dict[str, dict[str, Any]] = {
     "/payments": {
@@ -337,7 +343,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "201": reply("The payment, succeeded or declined (status failed).", _PAYMENT),
                 "400": error("No Idempotency-Key header, or a malformed one."),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "409": error("The first request with this key is still being processed."),
                 "422": error("Invalid fields, or the key reused with a different body."),
                 "502": error("The payment processor failed; retry with the same key."),
@@ -348,7 +354,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "parameters": query_parameters(PaymentQuery),
             "responses": {
                 "200": reply("One page of payments and the pagination block.", listed("payments", PaymentOut)),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "422": error("Bad filters or pagination."),
             },
         },
@@ -359,7 +365,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "summary": "One payment (its payer, admins, services)",
             "responses": {
                 "200": reply("The payment.", _PAYMENT),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "404": error("No such payment, or not the caller's."),
             },
         },

@@ -7,8 +7,7 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from services.kit import CamelModel
-from services.product.shared import Pagination
+from services.kit import CamelModel, Pagination
 
 MAX_PRICE_CENTS = 100_000_000
 MAX_STOCK = 1_000_000

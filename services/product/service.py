@@ -40,6 +40,7 @@ from typing import Any
 from gateway.logs import log_fields
 from services.events import ORDER_CREATED, PAYMENT_FAILED, PRODUCT_CREATED, PRODUCT_STOCK_UPDATED, PRODUCT_UPDATED
 from services.kit import (
+    TOKEN_REQUIRED,
     Call,
     Caller,
     Conflict,
@@ -53,7 +54,15 @@ from services.kit import (
     Service,
     Transaction,
     ValidationFailed,
+    error,
+    listed,
     ok,
+    path_parameter,
+    query_parameters,
+    reply,
+    request_body,
+    schema,
+    wrapped,
 )
 from services.product import store
 from services.product.config import ProductConfig
@@ -67,16 +76,6 @@ from services.product.models import (
     ProductQuery,
     StockChange,
     ValidateIn,
-)
-from services.product.shared import (
-    error,
-    listed,
-    path_parameter,
-    query_parameters,
-    reply,
-    request_body,
-    schema,
-    wrapped,
 )
 
 log = logging.getLogger("services.product")
@@ -312,7 +311,6 @@ async def on_payment_failed(event: Event, ctx: EventContext) -> None:
 
 _PRODUCT_ID = path_parameter("productId", "The product's ID (prod_...).")
 _PRODUCT = wrapped("product", ProductOut)
-_UNAUTHORIZED = error("Missing or invalid bearer token.")
 _NOT_FOUND = error("No such product (or it was deleted).")
 _NOT_YOURS = error("A role other than seller or admin, or another seller's product.")
 _INVALID = error("Fields that fail validation, listed in details.")
@@ -324,7 +322,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "requestBody": request_body(ProductIn),
             "responses": {
                 "201": reply("The product; product.created is published.", _PRODUCT),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "403": error("Not a seller or admin, or a seller naming another seller."),
                 "422": _INVALID,
             },
@@ -334,7 +332,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "parameters": query_parameters(ProductQuery),
             "responses": {
                 "200": reply("One page of products and the pagination block.", listed("products", ProductOut)),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "422": error("Bad filters or pagination (page/pageSize and limit/offset mixed)."),
             },
         },
@@ -354,7 +352,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
                         },
                     },
                 ),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "403": error("Not a service token."),
                 "422": _INVALID,
             },
@@ -364,14 +362,14 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
         "parameters": [_PRODUCT_ID],
         "get": {
             "summary": "One product",
-            "responses": {"200": reply("The product.", _PRODUCT), "401": _UNAUTHORIZED, "404": _NOT_FOUND},
+            "responses": {"200": reply("The product.", _PRODUCT), "401": TOKEN_REQUIRED, "404": _NOT_FOUND},
         },
         "patch": {
             "summary": "Change a product's details (its seller, admin)",
             "requestBody": request_body(ProductPatch),
             "responses": {
                 "200": reply("The product; product.updated is published when something changed.", _PRODUCT),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "403": _NOT_YOURS,
                 "404": _NOT_FOUND,
                 "422": _INVALID,
@@ -384,7 +382,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
                     "Deleted; product.updated with deleted: true is published.",
                     {"type": "object", "properties": {"productId": {"type": "string"}}},
                 ),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "403": _NOT_YOURS,
                 "404": _NOT_FOUND,
             },
@@ -397,7 +395,7 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
             "requestBody": request_body(StockChange),
             "responses": {
                 "200": reply("The product; product.stock.updated is published when the level changed.", _PRODUCT),
-                "401": _UNAUTHORIZED,
+                "401": TOKEN_REQUIRED,
                 "403": _NOT_YOURS,
                 "404": _NOT_FOUND,
                 "409": error("The adjustment would take the stock below 0."),

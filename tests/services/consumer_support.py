@@ -5,11 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-from openapi_spec_validator import validate
 
 from services.events.event import Event
-from services.kit import Service
-from services.kit.openapi import document
 from tests.process.helpers import wait_until
 from tests.services.helpers import EventProbe, Served, bearer
 
@@ -62,15 +59,3 @@ async def handled(service: Served, event_type: str, count: int, outcome: str = "
         timeout,
         f"{count} {event_type} handled ({outcome})",
     )
-
-
-def check_openapi(service: Service) -> None:
-    """The document the kit serves for the service is valid OpenAPI 3.1, holds exactly its routes (the
-    module's OPENAPI_PATHS adds no path of its own), and every operation asks for the bearer token."""
-    spec = document(service)
-    validate(spec)
-    documented = {(method, path) for path, methods in spec["paths"].items() for method in methods}
-    assert documented == {(route.method.lower(), route.path) for route in service.routes}
-    for route in service.routes:
-        operation = spec["paths"][route.path][route.method.lower()]
-        assert (operation["operationId"], operation["security"]) == (route.handler.__name__, [{"bearerAuth": []}])

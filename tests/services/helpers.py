@@ -1,10 +1,12 @@
 """Helpers of the service tests: a served service app, a probe on the event exchange, a TCP relay that
-can cut connections, tokens, and the broker's own view of connections and queues."""
+can cut connections, tokens, the broker's own view of connections and queues, and a check of a service's
+OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -13,16 +15,22 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aiohttp import web
+from openapi_spec_validator import validate
 from yarl import URL
 
 from services.events.bus import Topology
 from services.events.event import Event
+from services.kit import Service
 from services.kit.keys import RUNTIME_KEY
+from services.kit.openapi import document
 from services.kit.runtime import Runtime
+from services.kit.service import METHODS
 from services.kit.settings import ServiceSettings
 from services.kit.tokens import TokenSigner
 from tests import backends
 from tests.process.helpers import wait_until
+
+_PARAMETER = re.compile(r"\{[^}]*\}")
 
 
 @dataclass
@@ -248,3 +256,23 @@ async def close_from_broker(connection_name: str) -> int:
 def event_body(event_type: str, data: dict[str, Any]) -> Event:
     """An event as another service would publish it."""
     return Event.create(event_type, "test-service", data)
+
+
+def check_openapi(service: Service) -> None:
+    """The document the kit serves for the service is valid OpenAPI 3.1 with every schema inlined, holds
+    exactly its routes (the module's OPENAPI_PATHS adds no path of its own; a path parameter may be named
+    otherwise than in the route), and every operation names its handler and asks for the bearer token."""
+    spec = document(service)
+    validate(spec)
+    assert "$ref" not in json.dumps(spec) and "$defs" not in json.dumps(spec)
+    documented = {
+        (method, _PARAMETER.sub("{}", path)): operation
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if method.upper() in METHODS
+    }
+    routed = {(route.method.lower(), _PARAMETER.sub("{}", route.path)): route for route in service.routes}
+    assert set(documented) == set(routed)
+    for key, route in routed.items():
+        operation = documented[key]
+        assert (operation["operationId"], operation["security"]) == (route.handler.__name__, [{"bearerAuth": []}])

@@ -81,11 +81,6 @@ async def create_product(service: Served, owner: str = SELLER, **fields: Any) ->
     return product
 
 
-def openapi_document(service: str, paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A service's OPENAPI_PATHS as the whole OpenAPI 3.1 document the kit will serve."""
-    return {"openapi": "3.1.0", "info": {"title": service, "version": "1"}, "paths": paths}
-
-
 async def outbox(service: Served, event_type: str | None = None) -> list[dict[str, Any]]:
     """The data of the events a service committed, oldest first (optionally of one type)."""
     rows = await service.runtime.db.fetchall("SELECT type, body FROM kadai_outbox ORDER BY seq")

@@ -21,8 +21,8 @@ from services.events import (
 from services.events.event import Event
 from tests.process.helpers import wait_until
 from tests.services.conftest import MakeSettings, Serve
-from tests.services.consumer_support import call, check_openapi, consuming, event, publish_all
-from tests.services.helpers import EventProbe, Served
+from tests.services.consumer_support import call, consuming, event, publish_all
+from tests.services.helpers import EventProbe, Served, check_openapi
 
 ADMIN = ("user_admin", "admin")
 

@@ -33,8 +33,8 @@ from services.product import SERVICE as PRODUCT_SERVICE
 from services.product.events import PRODUCT_RESERVATION_FAILED
 from tests.process.helpers import wait_until
 from tests.services.conftest import MakeSettings, Serve
-from tests.services.consumer_support import call, check_openapi, consuming, event, publish_all
-from tests.services.helpers import EventProbe, Served
+from tests.services.consumer_support import call, consuming, event, publish_all
+from tests.services.helpers import EventProbe, Served, check_openapi
 from tests.services.shop_support import SELLER, create_product, customer
 from tests.services.shop_support import call as shop_call
 

@@ -17,8 +17,8 @@ from services.events import NOTIFICATION_SENT, USER_CREATED
 from services.notification.events import NOTIFICATION_FAILED
 from tests.process.helpers import wait_until
 from tests.services.conftest import MakeSettings, Serve
-from tests.services.consumer_support import call, check_openapi, consuming, event, handled, publish_all, published
-from tests.services.helpers import EventProbe, Served
+from tests.services.consumer_support import call, consuming, event, handled, publish_all, published
+from tests.services.helpers import EventProbe, Served, check_openapi
 
 SELLER = ("user_seller", "seller")
 ADMIN = ("user_admin", "admin")

@@ -31,8 +31,8 @@ from services.notification.service import newly_low
 from tests.conftest import StartUpstream
 from tests.process.helpers import wait_until
 from tests.services.conftest import MakeSettings, Serve
-from tests.services.consumer_support import call, check_openapi, consuming, event, handled, publish_all, published
-from tests.services.helpers import EventProbe, Served
+from tests.services.consumer_support import call, consuming, event, handled, publish_all, published
+from tests.services.helpers import EventProbe, Served, check_openapi
 
 FAST = {"NOTIFY_POLL_INTERVAL": "0.05"}
 ADMIN = ("user_admin", "admin")

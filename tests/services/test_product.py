@@ -5,20 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from openapi_spec_validator import validate
 
 from services import catalog
 from services.events import ORDER_CREATED, PAYMENT_FAILED, PRODUCT_CREATED, PRODUCT_STOCK_UPDATED, PRODUCT_UPDATED
-from services.kit import ValidationFailed
+from services.kit import schema
 from services.product import SERVICE
 from services.product.events import PRODUCT_RESERVATION_FAILED
 from services.product.models import ValidateIn
 from services.product.service import OPENAPI_PATHS
-from services.product.shared import Pagination, schema
 from services.product.store import is_low_stock
 from tests.process.helpers import wait_until
 from tests.services.conftest import MakeSettings, Serve
-from tests.services.helpers import EventProbe, Served
+from tests.services.helpers import EventProbe, Served, check_openapi
 from tests.services.shop_support import (
     OTHER_SELLER,
     SELLER,
@@ -28,7 +26,6 @@ from tests.services.shop_support import (
     create_product,
     customer,
     handled,
-    openapi_document,
     order_created,
     outbox,
     payment_event,
@@ -68,33 +65,6 @@ def test_low_stock_is_a_fall_to_or_below_the_threshold(stock: int, previous: int
 
 
 @pytest.mark.parametrize(
-    ("query", "window", "meta"),
-    [
-        ({}, (20, 0), {"page": 1, "pageSize": 20}),
-        ({"page": "3", "pageSize": "10"}, (10, 20), {"page": 3, "pageSize": 10}),
-        ({"limit": "5", "offset": "15"}, (5, 15), {"page": 4, "pageSize": 5}),
-        ({"offset": "7"}, (20, 7), {"page": 1, "pageSize": 20}),
-    ],
-    ids=["defaults", "page-style", "limit-style", "offset-alone"],
-)
-def test_pagination_takes_either_style(query: dict[str, str], window: tuple[int, int], meta: dict[str, int]) -> None:
-    page = Pagination.model_validate(query)
-    assert page.window() == window
-    block = page.meta(total=42)
-    assert {key: block[key] for key in meta} == meta
-    assert (block["total"], block["limit"], block["offset"]) == (42, *window)
-    assert block["totalPages"] == -(-42 // window[0])
-
-
-def test_pagination_refuses_mixed_styles() -> None:
-    with pytest.raises(ValidationFailed) as raised:
-        Pagination.model_validate({"page": "2", "limit": "5"}).window()
-    assert raised.value.details == [
-        {"field": "limit", "message": "use page/pageSize or limit/offset, not both", "type": "mixed"}
-    ]
-
-
-@pytest.mark.parametrize(
     ("name", "port"),
     [("product", 3002), ("order", 3003), ("payment", 3004)],
     ids=["product", "order", "payment"],
@@ -104,8 +74,8 @@ def test_the_catalogue_runs_the_service(name: str, port: int) -> None:
     assert (service.name, service.port) == (f"{name}-service", port)
 
 
-def test_openapi_paths_form_a_valid_document() -> None:
-    validate(openapi_document("product-service", OPENAPI_PATHS))
+def test_the_served_openapi_document_is_valid_and_names_every_route() -> None:
+    check_openapi(SERVICE)
 
 
 def test_openapi_schemas_carry_no_local_references() -> None:
