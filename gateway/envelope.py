@@ -34,3 +34,40 @@ def error_body(status: int, message: str, request_id: str | None, details: Any =
     if details is not None:
         body["details"] = details
     return orjson.dumps(body)
+
+
+def success_envelope_schema(data: dict[str, Any] | None = None, description: str | None = None) -> dict[str, Any]:
+    """JSON Schema of what success_body writes; `data` describes the answer itself (anything when None)."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": ["success", "data", "timestamp", "requestId"],
+        "properties": {
+            "success": {"const": True},
+            "data": data if data is not None else {"description": "The answer itself."},
+            "message": {"type": "string"},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "requestId": {"type": ["string", "null"]},
+        },
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def error_envelope_schema(description: str | None = None) -> dict[str, Any]:
+    """JSON Schema of what error_body writes."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": ["success", "error", "statusCode", "timestamp", "requestId"],
+        "properties": {
+            "success": {"const": False},
+            "error": {"type": "string"},
+            "statusCode": {"type": "integer"},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "requestId": {"type": ["string", "null"]},
+            "details": {"description": "What failed, when there is more to say: for 422, a list of {field, message, type}."},
+        },
+    }
+    if description:
+        schema["description"] = description
+    return schema

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import gateway
+from gateway.envelope import error_envelope_schema, success_envelope_schema
 from gateway.pages.dialects import to_openapi_31
 from gateway.pages.specs import SpecEntry
 from gateway.routing import Route, RouteTable
@@ -57,31 +58,8 @@ def _components() -> dict[str, Any]:
             }
         },
         "schemas": {
-            "SuccessEnvelope": {
-                "type": "object",
-                "description": "How the gateway's own endpoints answer.",
-                "required": ["success", "data", "timestamp", "requestId"],
-                "properties": {
-                    "success": {"const": True},
-                    "data": {"description": "The answer itself."},
-                    "message": {"type": "string"},
-                    "timestamp": {"type": "string", "format": "date-time"},
-                    "requestId": {"type": ["string", "null"]},
-                },
-            },
-            "ErrorEnvelope": {
-                "type": "object",
-                "description": "Every error the gateway itself answers with.",
-                "required": ["success", "error", "statusCode", "timestamp", "requestId"],
-                "properties": {
-                    "success": {"const": False},
-                    "error": {"type": "string"},
-                    "statusCode": {"type": "integer"},
-                    "timestamp": {"type": "string", "format": "date-time"},
-                    "requestId": {"type": ["string", "null"]},
-                    "details": {"description": "More about the error, when there is more to say."},
-                },
-            },
+            "SuccessEnvelope": success_envelope_schema(description="How the gateway's own endpoints answer."),
+            "ErrorEnvelope": error_envelope_schema("Every error the gateway itself answers with."),
         },
         "responses": {f"Gateway{status}": _envelope_response(text) for status, text in _ENVELOPE_ERRORS.items()},
     }

@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel
 
 import gateway
+from gateway.envelope import error_envelope_schema, success_envelope_schema
 from services.kit.paging import PAGINATION_SCHEMA
 from services.kit.service import RouteSpec, Service
 
@@ -131,18 +132,7 @@ def _operation(spec: RouteSpec, path: str) -> dict[str, Any]:
 # Fragments for OPENAPI_PATHS -----------------------------------------------------------------------------
 
 
-ERROR_ENVELOPE: Schema = {
-    "type": "object",
-    "required": ["success", "error", "statusCode", "timestamp", "requestId"],
-    "properties": {
-        "success": {"const": False},
-        "error": {"type": "string"},
-        "statusCode": {"type": "integer"},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "requestId": {"type": ["string", "null"]},
-        "details": {"description": "What failed: for 422, a list of {field, message, type}."},
-    },
-}
+ERROR_ENVELOPE: Schema = error_envelope_schema()
 """The spec's error envelope (gateway/envelope.py's error_body), written out: the document stands alone,
 whoever merges it."""
 
@@ -184,17 +174,7 @@ def _data(data: type[BaseModel] | Schema | None) -> Schema:
 def reply(description: str, data: type[BaseModel] | Schema | None = None) -> Schema:
     """A success response: the spec's envelope whose `data` is the model's (or this) schema; any data
     when neither is given."""
-    envelope: Schema = {
-        "type": "object",
-        "required": ["success", "data", "timestamp", "requestId"],
-        "properties": {
-            "success": {"const": True},
-            "data": _data(data),
-            "message": {"type": "string"},
-            "timestamp": {"type": "string", "format": "date-time"},
-            "requestId": {"type": ["string", "null"]},
-        },
-    }
+    envelope = success_envelope_schema(_data(data))
     return {"description": description, "content": {"application/json": {"schema": envelope}}}
 
 
