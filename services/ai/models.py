@@ -102,4 +102,6 @@ class ForecastOut(CamelModel):
     next_7_days: float = Field(description="daily_demand x 7.")
     current_stock: int | None
     days_until_stock_out: float | None = Field(description="current_stock / daily_demand; null when nothing sells.")
-    stock_out_date: str | None = Field(description="The UTC day the stock runs out at that rate.")
+    stock_out_date: str | None = Field(
+        description="The UTC day the stock runs out at that rate; null when nothing sells or it is after 9999-12-31."
+    )

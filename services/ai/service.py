@@ -175,8 +175,16 @@ async def product_forecast(call: Call) -> ForecastOut:
         next_7_days=round(result.daily * 7, 3),
         current_stock=product["stock"],
         days_until_stock_out=None if left is None else round(left, 1),
-        stock_out_date=None if left is None else (today + timedelta(days=math.floor(left))).isoformat(),
+        stock_out_date=stock_out_date(today, left),
     )
+
+
+def stock_out_date(today: date, days_left: float | None) -> str | None:
+    """The day the stock runs out, days_left from today; None when nothing sells or when that day lies
+    past the last one a date can name (a demand that decayed to almost nothing)."""
+    if days_left is None or days_left >= (date.max - today).days + 1:
+        return None
+    return (today + timedelta(days=math.floor(days_left))).isoformat()
 
 
 # --- event handlers ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -58,6 +59,14 @@ Audience = Annotated[
 ]
 
 
+def _in_utc(moment: datetime) -> datetime:
+    """The moment in UTC, as it is stored; one that falls outside years 1-9999 there is refused (422)."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+
+
 class BroadcastIn(CamelModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     message: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1600)]
@@ -65,7 +74,7 @@ class BroadcastIn(CamelModel):
         description='"all-customers" (resolved when the campaign is sent) or a list of user IDs, E.164 phone '
         "numbers and email addresses."
     )
-    scheduled_at: AwareDatetime | None = Field(
+    scheduled_at: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = Field(
         None, description="When to send (ISO 8601 with a zone, in the future); without it the campaign is a draft."
     )
 

@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
+from gateway.config.errors import field_path
 from gateway.logs import log_fields, request_id_var
 from services.events.bus import Verdict
 from services.events.event import Event, MalformedEvent
@@ -84,12 +87,13 @@ class Consumer:
                     return Verdict("duplicate")
                 await handler(event, EventContext(tx, attempt, self.runtime))
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
-            error = f"{type(exc).__name__}: {exc}"[:_ERROR_LIMIT]
+            error = describe_failure(exc)
             last = attempt >= self.max_attempts
             log.log(
                 logging.ERROR if last else logging.WARNING,
                 "event handler failed; dead-lettered" if last else "event handler failed; will retry",
-                exc_info=last,
+                # A payload that does not validate needs no traceback, and its text would quote the data.
+                exc_info=last and not isinstance(exc, ValidationError),
                 extra=log_fields(eventId=event.id, type=event.type, attempt=attempt, error=error),
             )
             verdict = Verdict("dead" if last else "retry", error)
@@ -106,3 +110,15 @@ class Consumer:
         self.metrics.consumed(event_type, label)
         if outcome == "dead":
             self.metrics.dead_letters.labels(self.metrics.service, event_type).inc()
+
+
+def describe_failure(exc: Exception) -> str:
+    """A handler's failure as logs and dead letters record it. A payload that fails validation is named by
+    its fields and messages only: pydantic's own text quotes the input, which holds emails and phone numbers."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{field_path(item['loc']) or '(data)'}: {item['msg']}"
+            for item in exc.errors(include_url=False, include_input=False, include_context=False)
+        )
+        return f"ValidationError: {problems}"[:_ERROR_LIMIT]
+    return f"{type(exc).__name__}: {exc}"[:_ERROR_LIMIT]

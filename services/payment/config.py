@@ -23,3 +23,9 @@ class PaymentConfig(EnvConfig):
         ge=60,
         description="How long an Idempotency-Key of POST /payments is remembered; after it the key is free again.",
     )
+    idempotency_lease: Duration = Field(
+        300.0,
+        ge=1,
+        description="How long the first request with an Idempotency-Key may take before a retry with the key "
+        "takes it over (the first one died in a crash); the processor's idempotency key keeps the charge single.",
+    )

@@ -6,8 +6,9 @@
                                          it (status "failed", failureReason). The same key with the same body
                                          answers the stored response again (same status and body, header
                                          Idempotent-Replayed: true) without charging; with a different body
-                                         422; while its first request is still running 409. Keys belong to
-                                         the caller and expire after PAYMENT_IDEMPOTENCY_TTL.
+                                         422; while its first request is still running 409 (past
+                                         PAYMENT_IDEMPOTENCY_LEASE a retry takes the key over: the first died).
+                                         Keys belong to the caller and expire after PAYMENT_IDEMPOTENCY_TTL.
     GET  /payments                       {payments, pagination}: the caller's own (admins and services: all);
                                          filters orderId, status; page/pageSize or limit/offset
     GET  /payments/{paymentId}           {payment}: its payer, admins and services; 404 for anyone else
@@ -36,7 +37,8 @@ The processor is a PaymentProcessor (services/payment/processor.py); build_servi
 another one. The default simulator declines amounts whose cents end in 13 (card_declined) and, when
 PAYMENT_FAIL_ABOVE_CENTS is set, amounts above it (amount_over_limit).
 
-Environment: PAYMENT_FAIL_ABOVE_CENTS (default unset), PAYMENT_IDEMPOTENCY_TTL (default 24h).
+Environment: PAYMENT_FAIL_ABOVE_CENTS (default unset), PAYMENT_IDEMPOTENCY_TTL (default 24h),
+PAYMENT_IDEMPOTENCY_LEASE (default 5m).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -166,11 +169,21 @@ async def create_payment(call: Call, processor: PaymentProcessor) -> web.StreamR
     body = await call.body(PaymentIn)
     caller = call.caller
     fingerprint = _fingerprint(body)
-    ttl = call.config(PaymentConfig).idempotency_ttl
+    config = call.config(PaymentConfig)
     async with call.db.transaction() as tx:
-        held = await store.held_key(tx, caller.id, key, ttl)
+        held = await store.held_key(tx, caller.id, key, config.idempotency_ttl)
         if held is None:
             await store.hold_key(tx, caller.id, key, fingerprint)
+        elif (
+            held["state"] == "in_progress"
+            and held["fingerprint"] == fingerprint
+            and held["created_at"] < time.time() - config.idempotency_lease
+        ):
+            # Its first request died (a crash) before recording an outcome. Refusing for the rest of the TTL
+            # would push the client to a new key, and so to a second charge; this request charges again
+            # under the same processor key instead, which a charge that did go through answers as is.
+            await store.retake_key(tx, caller.id, key)
+            held = None
     if held is not None:
         if held["fingerprint"] != fingerprint:
             raise ValidationFailed(
@@ -198,6 +211,10 @@ async def create_payment(call: Call, processor: PaymentProcessor) -> web.StreamR
             ) from None
         raise
     async with call.db.transaction() as tx:
+        done = await store.held_key(tx, caller.id, key, config.idempotency_ttl)
+        if done is not None and done["state"] == "done":
+            # Taken over and answered by a retry while this request was slow: one payment, one answer.
+            return _json(done["status"], done["body"])
         payment = await store.insert_payment(
             tx,
             store.NewPayment(

@@ -155,7 +155,7 @@ async def held_key(tx: Transaction, caller_id: str, key: str, ttl: float) -> Row
     """The record of a caller's key, unless it is older than ttl (expired keys are deleted here)."""
     await tx.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (time.time() - ttl,))
     return await tx.fetchone(
-        "SELECT fingerprint, state, status, body FROM idempotency_keys WHERE caller_id = ? AND key = ?",
+        "SELECT fingerprint, state, status, body, created_at FROM idempotency_keys WHERE caller_id = ? AND key = ?",
         (caller_id, key),
     )
 
@@ -165,6 +165,14 @@ async def hold_key(tx: Transaction, caller_id: str, key: str, fingerprint: str) 
         "INSERT INTO idempotency_keys (caller_id, key, fingerprint, state, created_at) "
         "VALUES (?, ?, ?, 'in_progress', ?)",
         (caller_id, key, fingerprint, time.time()),
+    )
+
+
+async def retake_key(tx: Transaction, caller_id: str, key: str) -> None:
+    """Hold a key again from now on (its first request died holding it)."""
+    await tx.execute(
+        "UPDATE idempotency_keys SET created_at = ? WHERE caller_id = ? AND key = ? AND state = 'in_progress'",
+        (time.time(), caller_id, key),
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from services.ai import SERVICE
 from services.ai.forecast import days_until_stock_out, linear_trend, smoothed_level
-from services.ai.service import history_window
+from services.ai.service import history_window, stock_out_date
 from services.events import (
     ORDER_CREATED,
     ORDER_STATUS_UPDATED,
@@ -79,6 +79,21 @@ def test_the_history_is_complete_days_since_the_product_was_seen(
     days: int, first_seen: date, window: tuple[date, date] | None
 ) -> None:
     assert history_window(date(2024, 7, 10), days, first_seen) == window
+
+
+@pytest.mark.parametrize(
+    ("today", "days_left", "day"),
+    [
+        (date(2024, 7, 10), 2.9, "2024-07-12"),
+        (date(9999, 12, 30), 1.9, "9999-12-31"),
+        (date(9999, 12, 30), 2.0, None),
+        (date(2024, 7, 10), 1e60, None),
+        (date(2024, 7, 10), None, None),
+    ],
+    ids=["whole-days", "last-day", "past-the-calendar", "decayed-demand", "nothing-sells"],
+)
+def test_the_stock_out_date_is_none_past_the_calendar(today: date, days_left: float | None, day: str | None) -> None:
+    assert stock_out_date(today, days_left) == day
 
 
 def test_the_openapi_paths_document_every_route() -> None:
@@ -237,6 +252,22 @@ async def test_a_product_that_does_not_sell_has_no_stock_out(ai: Served, probe: 
 
     assert reply["history"] == [{"date": (TODAY + timedelta(days=k)).isoformat(), "units": 0} for k in range(-5, 0)]
     assert (reply["dailyDemand"], reply["daysUntilStockOut"], reply["stockOutDate"]) == (0.0, None, None)
+
+
+@pytest.mark.rabbitmq
+async def test_a_stock_that_outlasts_the_calendar_has_no_stock_out_date(ai: Served, probe: EventProbe) -> None:
+    # One unit sold 28 days ago (the default window) and none since: the smoothed demand decays to ~2e-5 a
+    # day, so 1000 units last ~5e7 days, far past the year 9999 a date can name.
+    vase = product("vase", "shop_1", stock=1000, offset=-28)
+    await publish_all(probe, vase, order("v1", "ann", "shop_1", {"vase": 1}, offset=-28))
+    await handled_all(ai, 2)
+
+    reply = await get(ai, "/ai/forecast/vase", ADMIN)
+
+    level = smoothed_level([item["units"] for item in reply["history"]], 0.3)
+    assert 0 < level < 1e-4
+    assert reply["daysUntilStockOut"] == round(1000 / level, 1)
+    assert reply["stockOutDate"] is None
 
 
 @pytest.mark.rabbitmq

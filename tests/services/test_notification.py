@@ -197,6 +197,31 @@ async def test_the_phone_in_the_event_wins_and_logs_show_it_masked(
 
 
 @pytest.mark.rabbitmq
+async def test_an_event_that_does_not_validate_is_dead_lettered_without_its_data_in_the_logs(
+    notifications: Served, probe: EventProbe, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="services")
+    # No userId: the payload fails validation, and pydantic's own message would quote the whole data.
+    data = {**order_created(phone="+491701234567"), "email": "bea@example.com"}
+    del data["userId"]
+    broken = event(ORDER_CREATED, data)
+
+    await probe.publish(broken)
+
+    await handled(notifications, ORDER_CREATED, 1, outcome="dead_lettered")
+    [letter] = await notifications.runtime.bus.dead_letters()
+    assert letter.event_id == broken.id and letter.error.startswith("ValidationError: userId:"), letter.error
+    formatter = logging.Formatter()
+    logged = [
+        formatter.format(record) + repr(vars(record)) for record in caplog.records if record.name.startswith("services")
+    ]
+    assert any("dead-lettered" in line for line in logged), logged
+    for secret in ("+491701234567", "1701234567", "bea@example.com"):
+        assert not any(secret in line for line in logged), secret
+        assert secret not in letter.error
+
+
+@pytest.mark.rabbitmq
 async def test_payment_events_before_their_order_are_handled_once_it_arrives(
     serve: Serve, make_settings: MakeSettings, rabbitmq_server: str, probe: EventProbe
 ) -> None:

@@ -359,6 +359,50 @@ async def test_a_processor_failure_is_502_and_the_key_can_be_retried(
     assert len(await outbox(payments, PAYMENT_PROCESSED)) == 1
 
 
+async def test_a_key_its_first_request_died_holding_is_taken_over_after_the_lease(
+    payments: Served, processor: RecordingProcessor
+) -> None:
+    body = {"orderId": "order_1", "amountCents": 1000}
+    held = processor.gate = asyncio.Event()
+    first = asyncio.create_task(pay(payments, body))
+    await asyncio.wait_for(processor.entered.wait(), 5)
+    # The first request stays stuck in the charge, as one whose process died would, past the lease.
+    processor.gate = None
+    lease = payments.runtime.config(PaymentConfig).idempotency_lease
+    async with payments.runtime.db.transaction() as tx:
+        await tx.execute("UPDATE idempotency_keys SET created_at = created_at - ?", (lease + 1,))
+
+    retried = await pay(payments, body)
+    held.set()
+    late = await first  # it did not die after all: it answers what was recorded and records nothing
+    again = await pay(payments, body)
+
+    assert retried.status == 201 and retried.data["payment"]["status"] == "succeeded"
+    assert (late.status, late.raw) == (201, retried.raw)
+    assert (again.status, again.raw, again.headers.get("Idempotent-Replayed")) == (201, retried.raw, "true")
+    # Charged under one processor key every time: a charge that did go through is not made twice.
+    assert [request.idempotency_key for request in processor.charges] == ["api:user_buyer_1:key-1"] * 2
+    assert len(await outbox(payments, PAYMENT_PROCESSED)) == 1
+    [count] = await payments.runtime.db.fetchone("SELECT COUNT(*) FROM payments")
+    assert count == 1
+
+
+async def test_a_slow_request_keeps_its_key_within_the_lease(payments: Served, processor: RecordingProcessor) -> None:
+    body = {"orderId": "order_1", "amountCents": 1000}
+    processor.gate = asyncio.Event()
+    first = asyncio.create_task(pay(payments, body))
+    await asyncio.wait_for(processor.entered.wait(), 5)
+    lease = payments.runtime.config(PaymentConfig).idempotency_lease
+    async with payments.runtime.db.transaction() as tx:
+        await tx.execute("UPDATE idempotency_keys SET created_at = created_at - ?", (lease - 30,))
+
+    meanwhile = await pay(payments, body)
+    processor.gate.set()
+
+    assert meanwhile.status == 409 and (await first).status == 201
+    assert len(processor.charges) == 1
+
+
 async def test_an_expired_key_is_free_again(payments: Served, processor: RecordingProcessor) -> None:
     first = await pay(payments, {"orderId": "order_1", "amountCents": 1000})
     ttl = payments.runtime.config(PaymentConfig).idempotency_ttl
