@@ -75,8 +75,11 @@ class RegistryWatcher:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.interval)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands
+            # in the same tick as a wake-up (SIGHUP), and the watcher would never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             fingerprint = _fingerprint(self.path)
             if fingerprint == self._fingerprint:

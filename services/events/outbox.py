@@ -63,8 +63,11 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands
+            # in the same tick as a wake-up (a commit), and stop() would wait for the relay forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.drain()

@@ -12,6 +12,7 @@ import pytest
 
 from services.kit.db import Database, Migration, MigrationError
 from tests.services import demo
+from services.user import SERVICE as USERS
 from tests.services.conftest import MakeSettings, Serve
 from tests.services.helpers import bearer
 
@@ -167,3 +168,17 @@ async def test_misuse_of_transactions_is_refused(tmp_path: Path) -> None:
         assert [row[0] for row in rows] == [event.id]
     finally:
         await db.close()
+
+
+async def test_the_outbox_relay_stops_when_a_commit_wakes_it_in_the_same_tick(
+    serve: Serve, make_settings: MakeSettings
+) -> None:
+    """Python 3.11's wait_for swallows a cancellation that arrives with a wake-up: the relay (woken by
+    every commit) then never stopped, and shutdown hung with the database open."""
+    running = await serve(USERS, make_settings())
+    relay = running.runtime.relay
+    for _ in range(10):
+        await relay.start()
+        await asyncio.sleep(0.005)  # asleep on its wake-up event
+        relay.wake()
+        await asyncio.wait_for(relay.stop(flush_timeout=0.5), 2.0)
