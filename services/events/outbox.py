@@ -143,11 +143,12 @@ class OutboxRelay:
 
     async def stop(self, flush_timeout: float) -> None:
         """Stop the loop, then publish what is pending (bounded by flush_timeout)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            # Cancelled again until it ends: Python 3.11's wait_for (around each publish) can swallow a
+            # cancellation that lands as the publish completes.
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
         try:
             await asyncio.wait_for(self.drain(), flush_timeout)
         except TimeoutError:
