@@ -69,10 +69,14 @@ class NoDeadLetterQueue(LookupError):
 class RabbitBus:
     kind = "rabbitmq"
 
-    def __init__(self, service: str, settings: ServiceSettings) -> None:
+    def __init__(
+        self, service: str, settings: ServiceSettings, consumers: Mapping[str, Collection[str]] | None = None
+    ) -> None:
         self.service = service
         self.settings = settings
         self.topology = Topology(settings.events_prefix, service)
+        self.consumers: Mapping[str, Collection[str]] = consumers or {}
+        """Other services by name, with the event types each consumes: their queues are declared too."""
         # Named after the service, so it can be told apart (and closed) on the broker.
         self.url = URL(settings.amqp_url).update_query(name=f"{service} [{settings.events_prefix}]")
         self._connection: AbstractRobustConnection | None = None
@@ -164,6 +168,14 @@ class RabbitBus:
         channel = await connection.channel(publisher_confirms=True)
         self._exchange = await channel.declare_exchange(topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         self._publish_channel = channel
+        # The exchange drops what no queue is bound to: every known consumer's queue exists before this
+        # service publishes, so an event published before its consumer ever started waits for it there.
+        for consumer, types in self.consumers.items():
+            if consumer == topology.service:
+                continue
+            queue = await channel.declare_queue(Topology(topology.prefix, consumer).queue, durable=True)
+            for event_type in sorted(types):
+                await queue.bind(self._exchange, routing_key=event_type)
         if self._subscription is None:
             return
         consume = await connection.channel()

@@ -30,7 +30,22 @@ def make_bus(service: str, settings: ServiceSettings) -> Bus:
     """The bus AMQP_URL asks for: RabbitMQ, or the in-process bus for memory://."""
     if settings.memory_bus:
         return MemoryBus(service, settings.events_prefix, retry_delay=settings.retry_delay, prefetch=settings.prefetch)
-    return RabbitBus(service, settings)
+    return RabbitBus(service, settings, catalogue_consumers() if settings.declare_consumers else None)
+
+
+def catalogue_consumers() -> dict[str, frozenset[str]]:
+    """Every catalogue service that consumes events, with the types it consumes."""
+    from services.catalog import CATALOG, UnknownService, load
+
+    consumers = {}
+    for name in CATALOG:
+        try:
+            declared = load(name)
+        except UnknownService:
+            continue
+        if declared.handlers:
+            consumers[name] = frozenset(declared.handlers)
+    return consumers
 
 
 class Runtime:

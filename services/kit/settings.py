@@ -45,6 +45,10 @@ class ServiceSettings:
     """KADAI_EVENTS_RETRY_DELAY: wait before a failed event is delivered again."""
     prefetch: int = 10
     """KADAI_EVENTS_PREFETCH: unacknowledged events a service works on at once."""
+    declare_consumers: bool = True
+    """KADAI_EVENTS_DECLARE_CONSUMERS: a publisher also declares the queues (and bindings) of every
+    catalogue service that consumes events, so an event published before its consumer first started waits
+    in that consumer's queue instead of being dropped by the exchange."""
     publish_timeout: float = 5.0
     """KADAI_EVENTS_PUBLISH_TIMEOUT: longest wait for the broker's confirm of one publish."""
     connect_timeout: float = 5.0
@@ -141,6 +145,17 @@ def load_service_settings(environ: Mapping[str, str] | None = None) -> ServiceSe
             return default
         return value
 
+    def flag(var: str, default: bool) -> bool:
+        text = env.get(var)
+        if text is None:
+            return default
+        if text.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        problems.append(f"{var}: expected true or false, got {text!r}")
+        return default
+
     duration = parse_duration
     whole = _parse_int
     private_key_pem, key_id = _private_key(env, platform, problems)
@@ -161,6 +176,7 @@ def load_service_settings(environ: Mapping[str, str] | None = None) -> ServiceSe
         max_attempts=int(number("KADAI_EVENTS_MAX_ATTEMPTS", 5, whole, 1)),
         retry_delay=number("KADAI_EVENTS_RETRY_DELAY", 10.0, duration, 0.0),
         prefetch=int(number("KADAI_EVENTS_PREFETCH", 10, whole, 1)),
+        declare_consumers=flag("KADAI_EVENTS_DECLARE_CONSUMERS", True),
         publish_timeout=number("KADAI_EVENTS_PUBLISH_TIMEOUT", 5.0, duration, 0.001),
         connect_timeout=number("KADAI_AMQP_CONNECT_TIMEOUT", 5.0, duration, 0.001),
         reconnect_interval=number("KADAI_AMQP_RECONNECT_INTERVAL", 2.0, duration, 0.001),

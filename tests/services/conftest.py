@@ -16,6 +16,7 @@ from yarl import URL
 
 from gateway.config.settings import Settings
 from gateway.protocol import use_envelope_errors
+from services.catalog import CATALOG
 from services.events.bus import Topology
 from services.kit import Service, ServiceSettings, build_app
 from tests import backends
@@ -95,13 +96,13 @@ async def serve() -> AsyncIterator[Serve]:
     for running in reversed(served):
         await running.stop()
     # Whatever a test declared on the suite's broker goes with it (also when it reached it through a relay).
+    # Publishers also declare the queues of every catalogue consumer (KADAI_EVENTS_DECLARE_CONSUMERS), so
+    # those go too.
+    prefixes = {running.settings.events_prefix for running in served if not running.settings.memory_bus}
     await delete_topology(
         backends.amqp_url(),
-        {
-            Topology(running.settings.events_prefix, running.runtime.name)
-            for running in served
-            if not running.settings.memory_bus
-        },
+        {Topology(running.settings.events_prefix, running.runtime.name) for running in served if not running.settings.memory_bus}
+        | {Topology(prefix, name) for prefix in prefixes for name in CATALOG},
     )
 
 
@@ -120,3 +121,5 @@ async def probe(rabbitmq_server: str, events_prefix: str, request: pytest.Fixtur
             await channel.exchange_delete(Topology(events_prefix, "-").exchange)
     finally:
         await connection.close()
+    # A service process of the test (not served by `serve`) declared the catalogue consumers' queues too.
+    await delete_topology(rabbitmq_server, {Topology(events_prefix, name) for name in CATALOG})

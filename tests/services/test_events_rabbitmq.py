@@ -11,12 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aio_pika
 import aiohttp
 import pytest
 from yarl import URL
 
 from gateway.cli import main as kadai
 from services.events.bus import Topology
+from services.notification import SERVICE as NOTIFICATIONS
+from services.user import SERVICE as USERS
 from tests.process.helpers import wait_until
 from tests.services import demo
 from tests.services.conftest import DROPPED_CONNECTION_WARNING, MakeSettings, Serve
@@ -367,3 +370,48 @@ async def test_shutdown_stops_consuming_and_lets_a_running_handler_finish(
 
 async def _consumers(probe: EventProbe, queue: str, count: int) -> bool:
     return await probe.consumers(queue) == count
+
+
+@pytest.mark.rabbitmq
+async def test_an_event_published_before_its_consumer_ever_started_waits_for_it(
+    serve: Serve, make_settings: MakeSettings, rabbitmq_server: str
+) -> None:
+    """The exchange drops what no queue is bound to; publishers declare the catalogue consumers' queues
+    first, so user.created is kept for notification-service, which has never run on this prefix."""
+    users = await serve(USERS, make_settings(amqp_url=rabbitmq_server))
+    async with aiohttp.ClientSession() as session, session.post(
+        users.url + "/auth/register",
+        json={"email": "early@example.com", "password": "correct horse battery", "name": "Early"},
+    ) as response:
+        assert response.status == 201
+    queue_name = Topology(users.settings.events_prefix, NOTIFICATIONS.name).queue
+
+    async def waiting() -> bool:
+        connection = await aio_pika.connect(rabbitmq_server, timeout=5)
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(queue_name, passive=True)
+            return (queue.declaration_result.message_count or 0) >= 1
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return False  # user-service is still connecting in the background
+        finally:
+            await connection.close()
+
+    await wait_until(waiting, 10, "user.created in notification-service's queue")
+
+    # The consumer starts later and handles it: its local copy of users has the new user.
+    notifications = await serve(NOTIFICATIONS, make_settings(amqp_url=rabbitmq_server))
+
+    async def handled() -> bool:
+        row = await notifications.runtime.db.fetchone("SELECT COUNT(*) AS n FROM kadai_processed_events")
+        return bool(row and row["n"] >= 1)
+
+    await wait_until(handled, 10, "notification-service handling the early event")
+
+
+@pytest.mark.rabbitmq
+async def test_publishers_can_be_told_not_to_declare_consumers(
+    serve: Serve, make_settings: MakeSettings, rabbitmq_server: str
+) -> None:
+    users = await serve(USERS, make_settings(amqp_url=rabbitmq_server, declare_consumers=False))
+    assert users.runtime.bus.consumers == {}  # type: ignore[attr-defined]
