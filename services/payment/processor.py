@@ -45,8 +45,9 @@ class PaymentProcessor(Protocol):
     async def charge(self, request: ChargeRequest) -> ChargeResult:
         """Charge, or decline with a reason. Raises when the outcome is unknown (unreachable, timeout)."""
 
-    async def refund(self, reference: str, amount_cents: int, currency: str) -> None:
-        """Give a succeeded charge back; raises when it could not."""
+    async def refund(self, reference: str, amount_cents: int, currency: str, idempotency_key: str) -> None:
+        """Give a succeeded charge back; raises when it could not. The key is the same every time the same
+        refund is asked for (a handler retried after a failed commit), so the processor refunds once."""
 
     async def close(self) -> None:
         """Release what the processor holds (connections); called at shutdown."""
@@ -76,7 +77,7 @@ class SimulatedProcessor:
         reason = decline_reason(request.amount_cents, self.fail_above_cents)
         return ChargeResult(succeeded=reason is None, reference=reference, reason=reason)
 
-    async def refund(self, reference: str, amount_cents: int, currency: str) -> None:
+    async def refund(self, reference: str, amount_cents: int, currency: str, idempotency_key: str) -> None:
         return None
 
     async def close(self) -> None:

@@ -300,7 +300,9 @@ async def on_reservation_failed(event: Event, ctx: EventContext, processor: Paym
         return
     if payment["status"] != "succeeded":
         return
-    await processor.refund(payment["processor_reference"], payment["amount_cents"], payment["currency"])
+    await processor.refund(
+        payment["processor_reference"], payment["amount_cents"], payment["currency"], f"refund:{payment['id']}"
+    )
     await store.mark_refunded(tx, payment["id"])
     log.info("refunded an order whose stock could not be reserved", extra=log_fields(orderId=failed.order_id))
 

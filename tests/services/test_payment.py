@@ -44,6 +44,7 @@ class RecordingProcessor:
         self.inner = SimulatedProcessor(fail_above_cents)
         self.charges: list[ChargeRequest] = []
         self.refunds: list[tuple[str, int]] = []
+        self.refund_keys: list[str] = []
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
         self.failures = 0
@@ -59,8 +60,9 @@ class RecordingProcessor:
             raise ConnectionError("processor unreachable")
         return await self.inner.charge(request)
 
-    async def refund(self, reference: str, amount_cents: int, currency: str) -> None:
+    async def refund(self, reference: str, amount_cents: int, currency: str, idempotency_key: str) -> None:
         self.refunds.append((reference, amount_cents))
+        self.refund_keys.append(idempotency_key)
 
     async def close(self) -> None:
         self.closed = True
@@ -230,6 +232,9 @@ async def test_an_order_whose_stock_could_not_be_reserved_is_refunded_or_never_c
     )
     by_order = {row["order_id"]: row for row in rows}
     assert processor.refunds == [(by_order["order_paid"]["processor_reference"], 1000)]
+    # The refund carries a key of its own payment: a retry after a failed commit asks for the same refund.
+    paid_id = (await service.runtime.db.fetchone("SELECT id FROM payments WHERE order_id = 'order_paid'"))["id"]
+    assert processor.refund_keys == [f"refund:{paid_id}"]
     assert (by_order["order_paid"]["status"], by_order["order_paid"]["refunded_at"] is not None) == ("refunded", True)
     assert by_order["order_declined"]["status"] == "failed"
     assert (by_order["order_early"]["status"], by_order["order_early"]["failure_reason"]) == (
