@@ -28,6 +28,7 @@ _TICK = 0.25
 """How often the poller looks for due checks; bounds how late a check can start."""
 _MAX_CONCURRENT = 64
 _USER_AGENT = "kadai-gateway-health"
+_BODY_READ_LIMIT = 64 * 1024
 
 
 class HealthPoller:
@@ -108,7 +109,9 @@ class HealthPoller:
                     headers={"User-Agent": _USER_AGENT},
                     allow_redirects=False,
                 ) as response:
-                    await response.read()
+                    # The status decides; a little of the body is read so the connection can be reused,
+                    # never all of an endless or huge one (the rest is dropped with the connection).
+                    await response.content.read(_BODY_READ_LIMIT)
                     if not 200 <= response.status < 300:
                         error = f"status {response.status}"
             except TimeoutError:
