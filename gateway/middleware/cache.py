@@ -27,6 +27,7 @@ from pydantic import Field
 from gateway.errors import BadGateway, GatewayTimeout, ServiceUnavailable
 from gateway.exchange import Exchange, Reply
 from gateway.middleware.base import BuildContext, Handler, Middleware, MiddlewareConfig
+from gateway.resources import Resources
 from gateway.units import ByteSize, Duration
 
 NAME = "cache"
@@ -58,6 +59,55 @@ class CacheConfig(MiddlewareConfig):
     timeout: Duration = Field(0.05, gt=0, description="Longest wait for Redis on a lookup or a store.")
 
 
+class CacheBackoff:
+    """Process-wide: after a Redis failure the cache stays out of the way for a while (doubling up to
+    BACKOFF_MAX), so an outage does not add the cache's timeout to every cached request. Kept in
+    resources.components as its own health report."""
+
+    COMPONENT = "responseCache"
+    BACKOFF = 1.0
+    BACKOFF_MAX = 30.0
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.delay = 0.0
+        self.last_error: str | None = None
+
+    @classmethod
+    def of(cls, resources: Resources) -> CacheBackoff:
+        current = resources.components.get(cls.COMPONENT)
+        if isinstance(current, cls):
+            return current
+        backoff = cls()
+        resources.components[cls.COMPONENT] = backoff
+        return backoff
+
+    def open(self) -> bool:
+        return time.monotonic() >= self.until
+
+    def failed(self, error: str) -> None:
+        first = self.delay == 0.0
+        self.delay = min(self.BACKOFF_MAX, self.delay * 2 if self.delay else self.BACKOFF)
+        self.until = time.monotonic() + self.delay
+        self.last_error = error
+        if first:
+            log.warning("response cache: Redis failed (%s); skipping the cache for a while", error)
+
+    def succeeded(self) -> None:
+        if self.delay:
+            log.info("response cache: Redis answers again")
+        self.delay = 0.0
+        self.until = 0.0
+        self.last_error = None
+
+    def __call__(self) -> dict[str, object]:
+        return {
+            "state": "ok" if self.delay == 0.0 else "backing-off",
+            "retryInSeconds": round(max(0.0, self.until - time.monotonic()), 3),
+            "lastError": self.last_error,
+        }
+
+
 class CacheMiddleware(Middleware):
     NAME: ClassVar[str] = NAME
     PRIORITY: ClassVar[int] = PRIORITY
@@ -75,11 +125,15 @@ class CacheMiddleware(Middleware):
         lookups = context.resources.metrics.cache_lookups
         self.counted = {result: lookups.labels(context.service, result) for result in ("hit", "miss", "stale", "bypass", "error")}
         self.pending: set[asyncio.Task[None]] = set()
+        self.backoff = CacheBackoff.of(context.resources)
 
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Reply:
         request = exchange.request
         redis = self.resources.redis
         if request.method != "GET" or redis is None:
+            return await call_next(exchange)
+        if not self.backoff.open():
+            self.counted["bypass"].inc()
             return await call_next(exchange)
         client_directives = _directives(request.headers.get("Cache-Control", ""))
         if "no-store" in client_directives or (
@@ -135,11 +189,12 @@ class CacheMiddleware(Middleware):
         except Exception as exc:  # Redis down or slow: the request goes on without the cache
             self._redis_failed("lookup", exc)
             return None
+        self.backoff.succeeded()
         return _Entry.decode(raw) if raw else None
 
     async def _store(self, exchange: Exchange, key: str, reply: Reply) -> Reply:
         upstream = reply.upstream
-        if upstream is None or reply.status not in self.statuses:
+        if upstream is None or reply.status not in self.statuses or not self.backoff.open():
             return reply
         fresh_for = _freshness(reply.headers, self.ttl)
         length = upstream.content_length
@@ -173,6 +228,7 @@ class CacheMiddleware(Middleware):
 
     def _redis_failed(self, action: str, exc: BaseException) -> None:
         self.counted["error"].inc()
+        self.backoff.failed(f"{action}: {exc.__class__.__name__}")
         log.debug("response cache %s skipped: %s", action, exc.__class__.__name__)
 
 

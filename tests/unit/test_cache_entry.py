@@ -35,3 +35,22 @@ def test_the_directives_survive_the_trip_through_redis() -> None:
     stored = entry(("Cache-Control", "max-age=5, must-revalidate"))
     decoded = _Entry.decode(stored.encode())
     assert decoded is not None and decoded.forbids_stale()
+
+
+def test_cache_backoff_steps_aside_after_a_failure_and_returns_after_its_delay() -> None:
+    import time
+
+    from gateway.middleware.cache import CacheBackoff
+
+    backoff = CacheBackoff()
+    backoff.BACKOFF = 0.05  # type: ignore[misc]
+    assert backoff.open() and backoff()["state"] == "ok"
+    backoff.failed("lookup: TimeoutError")
+    assert not backoff.open()
+    assert backoff() == {"state": "backing-off", "retryInSeconds": backoff()["retryInSeconds"], "lastError": "lookup: TimeoutError"}
+    time.sleep(0.06)
+    assert backoff.open()  # one probe may go through
+    backoff.failed("lookup: TimeoutError")
+    assert backoff.delay == 0.1  # doubled
+    backoff.succeeded()
+    assert backoff.open() and backoff()["state"] == "ok" and backoff.delay == 0.0
