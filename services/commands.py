@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Coroutine, Sequence
+from typing import Any, TextIO, TypeVar
 
 import orjson
 
@@ -64,21 +64,28 @@ def _bus(name: str, command: str) -> RabbitBus | None:
     return RabbitBus(entry.name, settings)
 
 
+T = TypeVar("T")
+
+
+def _on_broker(bus: RabbitBus, command: str, work: Coroutine[Any, Any, T]) -> T | None:
+    """Run one broker operation of a command; None (after one line on stderr, not a traceback) when it fails."""
+    try:
+        return asyncio.run(work)
+    except NoDeadLetterQueue as exc:
+        print(f"kadai {command}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for an operator
+        broker = mask_url(bus.settings.amqp_url)
+        print(f"kadai {command}: broker at {broker}: {exc or type(exc).__name__}", file=sys.stderr)
+    return None
+
+
 def list_dead_letters(name: str, limit: int, as_json: bool, out: TextIO = sys.stdout) -> int:
     """`kadai events dlq SERVICE`: the dead letters with their error and attempt count, left in place."""
     bus = _bus(name, "events dlq")
     if bus is None:
         return 2
-    try:
-        letters = asyncio.run(bus.dead_letters(limit))
-    except NoDeadLetterQueue as exc:
-        print(f"kadai events dlq: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for an operator
-        print(
-            f"kadai events dlq: broker at {mask_url(bus.settings.amqp_url)}: {exc or type(exc).__name__}",
-            file=sys.stderr,
-        )
+    letters = _on_broker(bus, "events dlq", bus.dead_letters(limit))
+    if letters is None:
         return 1
     if as_json:
         for letter in letters:
@@ -95,16 +102,8 @@ def replay_dead_letters(name: str, event_ids: Sequence[str] | None, out: TextIO 
     bus = _bus(name, "events dlq replay")
     if bus is None:
         return 2
-    try:
-        replayed = asyncio.run(bus.replay(event_ids))
-    except NoDeadLetterQueue as exc:
-        print(f"kadai events dlq replay: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for an operator
-        print(
-            f"kadai events dlq replay: broker at {mask_url(bus.settings.amqp_url)}: {exc or type(exc).__name__}",
-            file=sys.stderr,
-        )
+    replayed = _on_broker(bus, "events dlq replay", bus.replay(event_ids))
+    if replayed is None:
         return 1
     print(f"replayed {len(replayed)} event(s) to {bus.topology.queue}", file=out)
     for event_id in replayed:

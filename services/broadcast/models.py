@@ -9,18 +9,15 @@ import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainValidator,
     StringConstraints,
     WithJsonSchema,
 )
-from pydantic.alias_generators import to_camel
 
 from services.broadcast.events import recipient_kind
-from services.kit import CamelModel, PageInfo, PageQuery
+from services.kit import CamelModel, EventPayload, PageInfo, PageQuery, text_id
 
 Status = Literal["draft", "scheduled", "sending", "sent"]
 ALL_CUSTOMERS = "all-customers"
@@ -84,24 +81,17 @@ class BroadcastQuery(PageQuery):
     owner_id: str | None = Field(None, max_length=128, description="Admins only: the campaigns of one owner.")
 
 
-def _id(value: object) -> object:
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-class Payload(BaseModel):
-    """An event's data as this service reads it: camelCase keys, fields it does not use ignored."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+Payload = EventPayload
 
 
 class UserChanged(Payload):
-    user_id: Annotated[str, BeforeValidator(_id)]
+    user_id: Annotated[str, BeforeValidator(text_id)]
     email: str | None = None
     role: str | None = None
 
 
 class NotificationOutcome(Payload):
-    notification_id: Annotated[str, BeforeValidator(_id)]
+    notification_id: Annotated[str, BeforeValidator(text_id)]
     campaign_id: str | None = None
 
 

@@ -26,7 +26,7 @@ from services.kit.errors import (
     ValidationFailed,
 )
 from services.kit.identity import Caller
-from services.kit.models import CamelModel
+from services.kit.models import CamelModel, EventPayload, ReferenceId, text_id
 from services.kit.openapi import (
     ERROR_ENVELOPE,
     TOKEN_REQUIRED,
@@ -66,6 +66,7 @@ __all__ = [
     "Event",
     "EventContext",
     "EventHandler",
+    "EventPayload",
     "Forbidden",
     "GatewayError",
     "GatewayTimeout",
@@ -78,6 +79,7 @@ __all__ = [
     "PageInfo",
     "PageQuery",
     "Pagination",
+    "ReferenceId",
     "Reply",
     "Result",
     "Routes",
@@ -104,5 +106,6 @@ __all__ = [
     "reply",
     "request_body",
     "schema",
+    "text_id",
     "wrapped",
 ]

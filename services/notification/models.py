@@ -2,26 +2,15 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
-from services.kit import CamelModel, PageInfo, PageQuery
-
-
-def _id(value: object) -> object:
-    # Services may number their rows (product 7) or name them (user_ab12): both become text here.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+from services.kit import CamelModel, EventPayload, PageInfo, PageQuery, ReferenceId
 
 
-Id = Annotated[str, BeforeValidator(_id), StringConstraints(min_length=1, max_length=128)]
-
-
-class Payload(BaseModel):
-    """An event's data as this service reads it: camelCase keys, fields it does not use ignored."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+Id = ReferenceId
+Payload = EventPayload
 
 
 class UserChanged(Payload):

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from services.events.types import check_type
+from services.kit.models import EventPayload
 
 PRODUCT_RESERVATION_FAILED = check_type("product.reservation.failed")
 
@@ -23,10 +23,7 @@ PaymentSource = Literal["order", "api"]
 ("order"), or a direct charge through POST /payments ("api"), which never moves an order or its stock."""
 
 
-class EventData(BaseModel):
-    """An event's data as a consumer reads it: camelCase keys, unknown keys ignored (publishers may add)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+EventData = EventPayload
 
 
 class OrderLine(EventData):
