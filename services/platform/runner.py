@@ -34,6 +34,7 @@ from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
 from gateway.resources import Resources
 from gateway.routing import InstanceState
+from gateway.threads import signal_free_executor
 from services.kit.app import build_app
 from services.kit.db import MigrationError
 from services.kit.settings import ServiceSettings, load_service_settings
@@ -332,6 +333,8 @@ async def _up(
 ) -> int:
     began = time.monotonic()
     loop = asyncio.get_running_loop()
+    # Before any worker thread starts (database threads, DNS): signals are for this loop's thread.
+    loop.set_default_executor(signal_free_executor())
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

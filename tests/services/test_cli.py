@@ -48,7 +48,10 @@ async def test_kadai_service_runs_user_service_and_stops_cleanly_on_sigterm(tmp_
             ) as response:
                 assert response.status == 201
         process.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(process.wait, 15)
+        try:
+            code = await asyncio.to_thread(process.wait, 15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"user-service still running 15 s after SIGTERM; its log:\n{log_path.read_text()}")
     finally:
         if process.poll() is None:
             process.kill()
