@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from gateway.exchange import Exchange, Reply
-from gateway.logs import request_id_var
+from gateway.logs import direct_sink, request_id_var
 from gateway.middleware.base import Handler, Middleware, MiddlewareConfig
 
 NAME = "access_log"
@@ -62,6 +62,9 @@ class AccessLogMiddleware(Middleware):
         # the health endpoint saying 503 while draining is routine.
         routed_5xx = status >= 500 and exchange.route is not None
         level = logging.ERROR if exchange.upstream_fault or routed_5xx or status == 500 else logging.INFO
+        if level == logging.INFO and (sink := direct_sink()) is not None:
+            sink.write("info", f"{request.method} {fields['path']} {status}", exchange.request_id, fields)
+            return
         # The request-ID contextvar is reset by now; bind it for this line.
         token = request_id_var.set(exchange.request_id)
         try:

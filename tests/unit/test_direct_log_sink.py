@@ -1,0 +1,70 @@
+"""The access log's direct JSON sink writes the line JsonFormatter would write."""
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from gateway import logs
+from gateway.envelope import utc_timestamp
+
+
+class _Stdout(io.TextIOWrapper):
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.fixture
+def stdout() -> Iterator[_Stdout]:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = _Stdout(io.BytesIO(), encoding="utf-8", write_through=True)
+    yield stream
+    root.handlers[:], level = saved
+    root.setLevel(level)
+    logs._direct_sink = None
+
+
+def _lines(stream: _Stdout) -> list[dict[str, object]]:
+    stream.flush()
+    raw = stream.buffer.getvalue()  # type: ignore[attr-defined]
+    return [orjson.loads(line) for line in raw.splitlines()]
+
+
+def test_the_direct_line_matches_the_formatted_one(stdout: _Stdout) -> None:
+    logs.configure_logging("INFO", "api-gateway", stdout)
+    sink = logs.direct_sink()
+    assert sink is not None
+    fields = {"method": "GET", "path": "/x", "status": 200}
+    logging.getLogger("gateway.access").info("GET /x 200", extra=logs.log_fields(**fields))
+    sink.write("info", "GET /x 200", None, fields)
+    formatted, direct = _lines(stdout)
+    assert formatted.pop("timestamp") and direct.pop("timestamp")
+    assert formatted == direct
+
+
+def test_timestamps_match_utc_timestamp() -> None:
+    sink = logs.DirectJsonSink(logging.Handler(), io.BytesIO(), "svc")
+    for epoch in (0.0, 1_700_000_000.9994, 1_700_000_001.0, 1_732_400_000.5):
+        assert sink.timestamp(epoch) == utc_timestamp(epoch)
+
+
+def test_no_direct_sink_once_other_handlers_join(stdout: _Stdout) -> None:
+    logs.configure_logging("INFO", "api-gateway", stdout)
+    assert logs.direct_sink() is not None
+    logging.getLogger().addHandler(logging.NullHandler())
+    assert logs.direct_sink() is None
+
+
+def test_no_direct_sink_on_a_terminal_or_a_text_only_stream() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure_logging("INFO", "api-gateway", io.StringIO())
+        assert logs.direct_sink() is None
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
