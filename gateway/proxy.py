@@ -245,10 +245,11 @@ async def _write_small(
         upstream.release()
     # The length is now known for sure; the headers otherwise stay as the instance sent them.
     headers["Content-Length"] = str(len(body))
-    stream = web.StreamResponse(status=reply.status, reason=upstream.reason, headers=headers)
-    if await _prepare(request, exchange, stream):
-        await _finish(exchange, stream, body)
-    return stream
+    # A Response (not a StreamResponse) holds its headers back and sends them with the body: one write.
+    response = web.Response(status=reply.status, reason=upstream.reason, headers=headers, body=body)
+    if await _prepare(request, exchange, response):
+        await _to_client(exchange, response.write_eof(), len(body))
+    return response
 
 
 async def _send_whole(request: web.BaseRequest, exchange: Exchange, response: web.Response) -> web.Response:
