@@ -37,6 +37,7 @@ from gateway.pages import Pages
 from gateway.paths import Target, split_target
 from gateway.health import HealthPoller
 from gateway.proxy import Forwarder, open_upstream_session, write_reply
+from gateway.ratelimit import close_process_limiter
 from gateway.redis_client import redis_client_context
 from gateway.reload import RegistryWatcher, ReloadStatus
 from gateway.resources import Resources
@@ -220,6 +221,7 @@ def create_app(gw: Gateway) -> web.Application:
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_token_verifier)
     app.cleanup_ctx.append(redis_client_context)
+    app.cleanup_ctx.append(_rate_limiter)
     app.cleanup_ctx.append(_registry_watcher)
     app.cleanup_ctx.append(_health_poller)
     gw.pages.install(app)
@@ -248,6 +250,12 @@ async def _token_verifier(app: web.Application) -> AsyncIterator[None]:
     await verifier.close()
     if created:
         resources.verifier = None
+
+
+async def _rate_limiter(app: web.Application) -> AsyncIterator[None]:
+    """The limiter's backend may hold a Redis connection of its own: closed at shutdown."""
+    yield
+    await close_process_limiter(app[GATEWAY_KEY].resources)
 
 
 async def _registry_watcher(app: web.Application) -> AsyncIterator[None]:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from gateway.ratelimit.buckets import Decision, InProcessBackend, LimiterBackend, Plan, Tier
-from gateway.ratelimit.limiter import COMPONENT, FailurePolicy, Limiter, process_limiter
+from gateway.ratelimit.limiter import COMPONENT, FailurePolicy, Limiter, close_process_limiter, process_limiter
 from gateway.ratelimit.redis_backend import RedisBackend
+from gateway.ratelimit.redis_batch import BatchedRedisBackend
 
 __all__ = [
+    "BatchedRedisBackend",
     "COMPONENT",
     "Decision",
     "FailurePolicy",
@@ -14,6 +16,7 @@ __all__ = [
     "LimiterBackend",
     "Plan",
     "RedisBackend",
+    "close_process_limiter",
     "Tier",
     "process_limiter",
 ]

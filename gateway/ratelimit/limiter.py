@@ -20,6 +20,7 @@ from gateway.envelope import utc_timestamp
 from gateway.logs import log_fields
 from gateway.ratelimit.buckets import Decision, InProcessBackend, LimiterBackend, Plan
 from gateway.ratelimit.redis_backend import RedisBackend
+from gateway.ratelimit.redis_batch import BatchedRedisBackend
 from gateway.resources import Resources
 from gateway.telemetry import GatewayMetrics
 
@@ -153,10 +154,21 @@ def process_limiter(resources: Resources) -> Limiter:
     if isinstance(current, Limiter):
         return current
     backend: LimiterBackend
+    url = resources.settings.redis_url
     if resources.settings.embedded_redis:
         backend = InProcessBackend()  # REDIS_URL=memory://: one process enforces its own limits
+    elif url.startswith(("redis://", "unix://")):
+        # Its own pipelined connection: one write per event-loop tick instead of redis-py per request.
+        backend = BatchedRedisBackend(url)
     else:
-        backend = RedisBackend(lambda: resources.redis)
+        backend = RedisBackend(lambda: resources.redis)  # rediss:// (TLS) goes through redis-py
     limiter = Limiter(backend, resources.metrics)
     resources.components[COMPONENT] = limiter
     return limiter
+
+
+async def close_process_limiter(resources: Resources) -> None:
+    """Close the connection a limiter backend holds of its own (at application shutdown)."""
+    limiter = resources.components.get(COMPONENT)
+    if isinstance(limiter, Limiter) and isinstance(limiter.backend, BatchedRedisBackend):
+        await limiter.backend.close()

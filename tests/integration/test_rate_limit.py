@@ -21,7 +21,7 @@ from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings
 from gateway.keys import GATEWAY_KEY
 from gateway.middleware.rate_limit import SPEC_TIERS
-from gateway.ratelimit import COMPONENT, Limiter, RedisBackend
+from gateway.ratelimit import COMPONENT, BatchedRedisBackend, Limiter
 from gateway.tokens import mint_token
 from tests.backends import redis_answers
 from tests.integration.helpers import (
@@ -396,7 +396,7 @@ async def test_script_is_loaded_once_and_again_after_script_flush(
     users = await start_recorder("users")
     client = await make_client(users_registry(registry_path, users.url, limits({"t": (5, "1m")})), private_redis.url)
     backend = limiter_of(client).backend
-    assert isinstance(backend, RedisBackend)
+    assert isinstance(backend, BatchedRedisBackend)  # what a redis:// URL gets
 
     assert await statuses(client, 2) == [200, 200]
     assert backend.script_loads == 1
