@@ -42,8 +42,12 @@ from gateway.redis_client import redis_client_context
 from gateway.reload import RegistryWatcher, ReloadStatus
 from gateway.resources import Resources
 from gateway.routing import RouteTable, build_table
+from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
+
+UPSTREAM_CONNECTIONS_PER_INSTANCE = 512
+"""Open connections to one instance at most; more concurrent requests wait (within the connect timeout)."""
 
 
 class Gateway:
@@ -229,11 +233,14 @@ def create_app(gw: Gateway) -> web.Application:
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    gw = app[GATEWAY_KEY]
-    gw.resources.session = open_upstream_session()
+    resources = app[GATEWAY_KEY].resources
+    resources.session = open_upstream_session()
+    resources.pool = UpstreamPool(max_per_origin=UPSTREAM_CONNECTIONS_PER_INSTANCE, idle_timeout=30.0)
     yield
-    await gw.resources.session.close()
-    gw.resources.session = None
+    await resources.pool.close()
+    await resources.session.close()
+    resources.pool = None
+    resources.session = None
 
 
 async def _token_verifier(app: web.Application) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from yarl import URL
 from gateway.errors import (
     BadGateway,
     ClientClosedRequest,
+    GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -23,6 +24,18 @@ from gateway.errors import (
 from gateway.exchange import SERVER, Exchange, Reply
 from gateway.headers import client_response_headers
 from gateway.resources import Resources
+from gateway.routing import Instance
+from gateway.upstream import (
+    RequestBodyLengthError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamResetError,
+    UpstreamResponse,
+)
+
+Body = bytes | AsyncIterator[bytes] | None
+Upstream = UpstreamResponse | aiohttp.ClientResponse
+"""An instance's response: from the gateway's pool (http://) or aiohttp's client (https://)."""
 
 _NO_BODY_STATUSES = frozenset({204, 304})
 _BODY_TOO_LARGE = "body_too_large"
@@ -65,15 +78,13 @@ class Forwarder:
                 )
         request = exchange.request
         max_body = route.config.options.max_body_size
-        body: bytes | AsyncIterator[bytes] | None = exchange.body
+        body: Body = exchange.body
         if body is None and request.body_exists:
             length = request.content_length
             if length is not None and length > max_body:
                 raise PayloadTooLarge(details={"limit": max_body, "received": length})
             body = _capped_body(request.content, max_body, exchange)
 
-        session = self.resources.session
-        assert session is not None, "the upstream session opens with the app"
         exchange.attempts += 1
         if exchange.attempts == 1:
             exchange.on_finish(self._finish)
@@ -81,28 +92,20 @@ class Forwarder:
         instance.in_flight += 1
         started = time.perf_counter()
         try:
-            response = await session.request(
-                request.method,
-                URL(instance.url + exchange.upstream_path, encoded=True),
-                headers=exchange.upstream_headers,
-                data=body,
-                timeout=route.timeout,
-                allow_redirects=False,
-            )
-        except TimeoutError as exc:
+            if instance.origin is not None:
+                response: Upstream = await self._pooled(exchange, instance, body)
+            else:
+                response = await self._via_aiohttp(exchange, instance, body)
+        except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
             instance.in_flight -= 1
-            _fault(exchange, "timeout", exc)
-            raise GatewayTimeout(details={"service": service.name}) from exc
-        except aiohttp.ClientError as exc:
+            raise self._failed(exchange, exc, max_body) from exc
+        except PayloadTooLarge as exc:  # the body the client streamed passed the route's limit
             instance.in_flight -= 1
-            if exchange.state.get(_BODY_TOO_LARGE):
-                _fault(exchange, "body_too_large", exc)
-                raise PayloadTooLarge(details={"limit": max_body}) from exc
-            if exchange.state.get(_CLIENT_GONE):
-                exchange.failure = "client closed the connection during the upload"
-                raise ClientClosedRequest() from exc  # the client's doing, not the instance's
-            _fault(exchange, "connect", exc)
-            raise BadGateway(details={"service": service.name}) from exc
+            _fault(exchange, "body_too_large", exc)
+            raise PayloadTooLarge(details={"limit": max_body}) from exc
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:  # raised by the client's body
+            instance.in_flight -= 1
+            raise self._failed(exchange, exc, max_body) from exc
         except BaseException:
             instance.in_flight -= 1
             raise
@@ -117,6 +120,67 @@ class Forwarder:
         headers = client_response_headers(response.headers, response.status)
         headers["X-Gateway-Service"] = service.name
         return Reply(response.status, headers, upstream=response)
+
+    async def _pooled(self, exchange: Exchange, instance: Instance, body: Body) -> UpstreamResponse:
+        """Through the gateway's own keep-alive pool (http:// instances)."""
+        pool = self.resources.pool
+        assert pool is not None and instance.origin is not None, "the upstream pool opens with the app"
+        timeout = exchange.route.timeout  # type: ignore[union-attr]
+        request = exchange.request
+        target = instance.base_path + exchange.upstream_path
+        length = request.content_length if body is not None and not isinstance(body, bytes) else None
+        for attempt in (1, 2):
+            try:
+                return await pool.request(
+                    instance.origin,
+                    request.method,
+                    target,
+                    exchange.upstream_headers,  # type: ignore[arg-type]
+                    body,
+                    connect_timeout=timeout.sock_connect,
+                    read_timeout=timeout.sock_read,
+                    total_timeout=timeout.total,
+                    content_length=length,
+                )
+            except UpstreamResetError as exc:
+                # A kept-alive connection the instance had closed, found dead before anything was
+                # written: the request never left, so sending it on a fresh connection is safe.
+                if not exc.sent_nothing or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _via_aiohttp(self, exchange: Exchange, instance: Instance, body: Body) -> aiohttp.ClientResponse:
+        """Through aiohttp's client (https:// instances)."""
+        session = self.resources.session
+        assert session is not None, "the upstream session opens with the app"
+        route = exchange.route
+        assert route is not None
+        return await session.request(
+            exchange.request.method,
+            URL(instance.url + exchange.upstream_path, encoded=True),
+            headers=exchange.upstream_headers,
+            data=body,
+            timeout=route.timeout,
+            allow_redirects=False,
+        )
+
+    def _failed(self, exchange: Exchange, exc: BaseException, max_body: int) -> GatewayError:
+        """The client's error for an upstream call that failed, with the failure recorded on the exchange."""
+        service = exchange.service
+        if isinstance(exc, TimeoutError):
+            _fault(exchange, "timeout", exc)
+            return GatewayTimeout(details={"service": service})
+        if exchange.state.get(_BODY_TOO_LARGE):  # aiohttp's client wraps the body's own error
+            _fault(exchange, "body_too_large", exc)
+            return PayloadTooLarge(details={"limit": max_body})
+        if exchange.state.get(_CLIENT_GONE) or isinstance(exc, RequestBodyLengthError):
+            exchange.failure = "client closed the connection during the upload"
+            return ClientClosedRequest()  # the client's doing, not the instance's
+        if isinstance(exc, UpstreamProtocolError):
+            _fault(exchange, "invalid", exc)
+            return BadGateway("Bad Gateway: the service sent an invalid response", details={"service": service})
+        _fault(exchange, "connect", exc)
+        return BadGateway(details={"service": service})
 
     def _finish(self, exchange: Exchange) -> None:
         """Every upstream failure is counted here, once, whichever stage it happened in."""
@@ -205,15 +269,13 @@ async def _finish(exchange: Exchange, response: web.StreamResponse, body: bytes 
     await _to_client(exchange, response.write_eof(body), len(body))
 
 
-async def _pump(
-    request: web.BaseRequest, exchange: Exchange, upstream: aiohttp.ClientResponse, stream: web.StreamResponse
-) -> None:
+async def _pump(request: web.BaseRequest, exchange: Exchange, upstream: Upstream, stream: web.StreamResponse) -> None:
     """Copy the upstream body to the client; a failure is blamed on the side that failed."""
     content = upstream.content
     while True:
         try:
             chunk = await content.readany()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
             _abort(request, exchange, exc)
             return
         if not chunk:
@@ -232,7 +294,7 @@ async def _write_small(
     assert upstream is not None
     try:
         body = await upstream.read()
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, UpstreamError, aiohttp.ClientError) as exc:
         upstream.close()
         timed_out = isinstance(exc, TimeoutError)
         _fault(exchange, "timeout" if timed_out else "reset", exc)

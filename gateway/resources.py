@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from gateway.auth.verifier import TokenVerifier
+    from gateway.upstream import UpstreamPool
     from gateway.reload import ReloadStatus
 
 ComponentReport = Callable[[], dict[str, Any]]
@@ -27,7 +28,9 @@ class Resources:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     started_at: float = field(default_factory=time.time)
     session: aiohttp.ClientSession | None = None
-    """The one upstream ClientSession of this process; open while the app runs."""
+    """The process's aiohttp client: https:// instances, health polls, service specs; open while the app runs."""
+    pool: UpstreamPool | None = None
+    """The process's own keep-alive pool to http:// instances (the proxy's hot path); open while the app runs."""
     draining: bool = False
     """Set once shutdown starts: health answers 503 so load balancers stop sending traffic."""
     reload_status: ReloadStatus | None = None

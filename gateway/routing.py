@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
+from yarl import URL
 
 from gateway.config.schema import Balancer, HealthCheck, RegistryConfig, RouteConfig
 from gateway.envelope import utc_timestamp
@@ -42,10 +43,17 @@ class InstanceState(enum.StrEnum):
 
 
 class Instance:
-    __slots__ = ("url", "state", "in_flight", "breaker", "passes", "fails", "checked_at", "last_error")
+    __slots__ = (
+        "url", "origin", "base_path", "state", "in_flight", "breaker", "passes", "fails", "checked_at", "last_error"
+    )
 
     def __init__(self, url: str) -> None:
         self.url = url
+        parsed = URL(url)
+        self.origin: str | None = str(parsed.origin()) if parsed.scheme == "http" else None
+        """scheme://host:port for the gateway's own connection pool; None for https (aiohttp's client)."""
+        self.base_path = parsed.raw_path.rstrip("/")
+        """The instance URL's path, put in front of every upstream path ("" for most)."""
         self.state = InstanceState.UNKNOWN
         self.in_flight = 0
         self.breaker: InstanceBreaker | None = None
