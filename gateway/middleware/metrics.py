@@ -2,7 +2,7 @@
 last minute of each service for the dashboard (gateway.stats)."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gateway.exchange import Exchange, Reply
 from gateway.middleware.base import BuildContext, Handler, Middleware, MiddlewareConfig
@@ -29,6 +29,8 @@ class MetricsMiddleware(Middleware):
         self.metrics: GatewayMetrics = context.resources.metrics
         self.duration = self.metrics.request_seconds.labels(context.service)
         self.recent = recent_stats(self.metrics).window(context.service)
+        self._counters: dict[tuple[str, int], Any] = {}
+        """Counter children by (method, status): labels() locks and hashes its arguments on every call."""
 
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Reply:
         self.metrics.in_flight.inc()
@@ -38,8 +40,19 @@ class MetricsMiddleware(Middleware):
     def _record(self, exchange: Exchange) -> None:
         metrics = self.metrics
         metrics.in_flight.dec()
-        status_class = f"{exchange.status // 100}xx" if exchange.status else "none"
-        metrics.requests.labels(exchange.service, metrics.method_label(exchange.request.method), status_class).inc()
+        key = (exchange.request.method, exchange.status // 100)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counter(exchange, key)
+        counter.inc()
         elapsed = exchange.elapsed
         self.duration.observe(elapsed)
         self.recent.record(exchange.status, elapsed)
+
+    def _counter(self, exchange: Exchange, key: tuple[str, int]) -> Any:
+        metrics = self.metrics
+        method, status_class = metrics.method_label(key[0]), f"{key[1]}xx" if key[1] else "none"
+        counter = metrics.requests.labels(exchange.service, method, status_class)
+        if len(self._counters) < 64 and method != "OTHER":  # client-chosen methods must not grow the cache
+            self._counters[key] = counter
+        return counter
