@@ -49,6 +49,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self._failing = False
+        self._stopping = False
         db.commit_listeners.append(self._committed)
         bus.on_ready(self.wake)
 
@@ -59,16 +60,19 @@ class OutboxRelay:
         self._wake.set()
 
     async def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"{self.metrics.service} outbox relay")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands
             # in the same tick as a wake-up (a commit), and stop() would wait for the relay forever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                break
             try:
                 await self.drain()
                 await self._prune()
@@ -142,15 +146,27 @@ class OutboxRelay:
             await tx.execute("DELETE FROM kadai_processed_events WHERE processed_at < ?", (cutoff,))
 
     async def stop(self, flush_timeout: float) -> None:
-        """Stop the loop, then publish what is pending (bounded by flush_timeout)."""
+        """Stop the loop, then publish what is pending, all within flush_timeout.
+
+        The loop is asked to stop and finishes the pass it is in. It is cancelled only when that pass
+        overruns the timeout: under load at shutdown, cancelling a pass in the middle of its database
+        calls was seen to leave the next database call waiting forever (the service then hung in its
+        drain until killed), so the common case cancels nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush_timeout
         task, self._task = self._task, None
+        self._stopping = True
+        self._wake.set()
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=flush_timeout)
         while task is not None and not task.done():
             # Cancelled again until it ends: Python 3.11's wait_for (around each publish) can swallow a
             # cancellation that lands as the publish completes.
             task.cancel()
             await asyncio.wait({task}, timeout=0.5)
         try:
-            await asyncio.wait_for(self.drain(), flush_timeout)
+            async with asyncio.timeout_at(max(deadline, loop.time() + 1.0)):
+                await self.drain()
         except TimeoutError:
             log.warning("outbox not fully flushed at shutdown; the rest is sent at the next start")
         count, _oldest = await self.pending()

@@ -28,7 +28,6 @@ from pydantic import BaseModel
 from gateway.envelope import utc_timestamp
 from gateway.logs import log_fields, request_id_var
 from services.events.event import Event
-from gateway.threads import signals_blocked
 
 log = logging.getLogger("services.kit.db")
 
@@ -86,16 +85,6 @@ CREATE TABLE IF NOT EXISTS kadai_schema_migrations (
 
 # Set while the current task holds the write transaction: a nested transaction() would wait for itself.
 _holding: ContextVar[bool] = ContextVar("kadai_db_transaction", default=False)
-
-
-class _Started:
-    """Awaits an __await__ iterator that has already been created (and so has started its thread)."""
-
-    def __init__(self, iterator: Any) -> None:
-        self.iterator = iterator
-
-    def __await__(self) -> Any:
-        return self.iterator
 
 
 async def _run(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> None:
@@ -219,11 +208,7 @@ class Database:
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions; transaction() issues BEGIN IMMEDIATE itself.
-        connecting = aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
-        with signals_blocked():
-            # Awaiting starts the connection's thread at once: it inherits the blocked mask.
-            started = connecting.__await__()
-        conn = await _Started(started)
+        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
         conn.row_factory = sqlite3.Row
         await _run(conn, "PRAGMA foreign_keys=ON")
         await _run(conn, f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")

@@ -17,7 +17,6 @@ from aiohttp import web
 from gateway.config.errors import ConfigError
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
-from gateway.threads import signal_free_executor
 from services.kit.app import build_app
 from services.kit.db import MigrationError
 from services.kit.service import Service
@@ -27,8 +26,6 @@ log = logging.getLogger("services.server")
 
 
 async def serve(service: Service, settings: ServiceSettings, host: str, port: int) -> None:
-    # Before anything can start a worker thread: signals belong to the event loop's thread.
-    asyncio.get_running_loop().set_default_executor(signal_free_executor())
     app = build_app(service, settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=settings.platform.drain_timeout)
     try:
