@@ -21,9 +21,9 @@ from aiohttp import web
 
 from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings
+from gateway.dispatch import use_direct_dispatch
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
-from gateway.threads import signal_free_executor
 
 log = logging.getLogger("gateway.server")
 
@@ -35,8 +35,6 @@ async def serve(
     settings: Settings, registry: str | Path, host: str, port: int, *, reuse_port: bool = False
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain and return."""
-    # Before anything starts a worker thread (aiohttp's threaded DNS resolver): signals are the loop's.
-    asyncio.get_running_loop().set_default_executor(signal_free_executor())
     gw = Gateway(settings, registry)
     app = create_app(gw)
     # handler_cancellation: a client that hangs up cancels its request, upstream call included, instead
@@ -50,6 +48,7 @@ async def serve(
     )
     await runner.setup()
     use_envelope_errors(runner)
+    use_direct_dispatch(runner, gw)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:

@@ -30,11 +30,11 @@ from gateway.config.errors import ConfigError
 from gateway.config.loader import load_registry
 from gateway.config.schema import RegistryConfig
 from gateway.config.settings import Settings, load_settings
+from gateway.dispatch import use_direct_dispatch
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
 from gateway.resources import Resources
 from gateway.routing import InstanceState
-from gateway.threads import signal_free_executor
 from services.kit.app import build_app
 from services.kit.db import MigrationError
 from services.kit.settings import ServiceSettings, load_service_settings
@@ -179,6 +179,7 @@ class Platform:
         await runner.setup()
         self.gateway_runner = runner
         use_envelope_errors(runner)
+        use_direct_dispatch(runner, gw)
         host, port = self.options.host, self.options.port
         try:
             await web.TCPSite(runner, host, port, backlog=1024).start()
@@ -333,8 +334,6 @@ async def _up(
 ) -> int:
     began = time.monotonic()
     loop = asyncio.get_running_loop()
-    # Before any worker thread starts (database threads, DNS): signals are for this loop's thread.
-    loop.set_default_executor(signal_free_executor())
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
