@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -62,6 +63,8 @@ class Forwarder:
 
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
+        self._upstream_timers: dict[str, Any] = {}
+        """The upstream-latency histogram's child per service (labels() locks and hashes per call)."""
 
     async def __call__(self, exchange: Exchange) -> Reply:
         route = exchange.route
@@ -110,7 +113,10 @@ class Forwarder:
             instance.in_flight -= 1
             raise
         exchange.held = instance
-        self.resources.metrics.upstream_seconds.labels(service.name).observe(time.perf_counter() - started)
+        timer = self._upstream_timers.get(service.name)
+        if timer is None:
+            timer = self._upstream_timers[service.name] = self.resources.metrics.upstream_seconds.labels(service.name)
+        timer.observe(time.perf_counter() - started)
         if not 200 <= response.status <= 599:
             # 1xx here would be an unsolicited interim or a switch of protocols nobody asked for.
             response.close()

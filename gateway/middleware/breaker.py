@@ -137,6 +137,10 @@ class InstanceBreaker(pybreaker.CircuitBreakerListener):
             # Sent before the breaker opened (or before a trial decided it): pybreaker would take a late
             # success after reset_timeout as a passed trial, and a late failure would reopen it.
             return
+        breaker = self.breaker
+        if not failed and breaker.fail_counter == 0 and breaker.current_state == pybreaker.STATE_CLOSED:
+            # The common case, in which pybreaker would only take its lock to reset a counter already at 0.
+            return
         try:
             self.breaker.call(_fail if failed else _succeed)
         except (_InstanceFailure, pybreaker.CircuitBreakerError):

@@ -112,17 +112,35 @@ class BatchedRedisBackend(LimiterBackend):
         self._loading: asyncio.Task[None] | None = None
         self._load_command = pack(b"SCRIPT", b"LOAD", SCRIPT)
 
-    async def acquire(self, plan: Plan, client: str) -> Decision:
+    deadline_aware: ClassVar[bool] = True
+    """acquire() takes the call's timeout itself (the limiter then adds no asyncio.timeout of its own)."""
+
+    async def acquire(self, plan: Plan, client: str, timeout: float | None = None) -> Decision:
         packer = self._packers.get(plan)
         if packer is None:
             packer = self._packer(plan)
         command = packer.command(client)
         connection = self.connection
-        if connection is None or connection.closed:
-            connection = await self._connect()
-        reply = await connection.call(command)
+        if connection is None or connection.closed or timeout is None:
+            if timeout is None:
+                return await self._acquire(command)
+            # Connecting (or anything else off the fast path) counts against the same timeout.
+            async with asyncio.timeout(timeout):
+                return await self._acquire(command)
+        reply = await connection.call(command, timeout)
         if type(reply) is list:
             return to_decision(reply)
+        async with asyncio.timeout(timeout):
+            return await self._after(reply, command)
+
+    async def _acquire(self, command: bytes) -> Decision:
+        reply = await (await self._connect()).call(command)
+        if type(reply) is list:
+            return to_decision(reply)
+        return await self._after(reply, command)
+
+    async def _after(self, reply: Reply, command: bytes) -> Decision:
+        """A reply that is not a decision: NOSCRIPT is answered by loading the script and asking again."""
         if not (isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")):
             raise _unexpected(reply)
         # The script cache is empty (first use, restart, SCRIPT FLUSH, failover). NOSCRIPT means the script

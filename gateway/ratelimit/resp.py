@@ -73,6 +73,8 @@ class RespConnection(asyncio.Protocol):
         self.closed = False
         self.writes = 0
         """transport.write calls so far: one per event-loop tick that queued commands."""
+        self._expiring: dict[float, list[asyncio.Future[Reply]]] = {}
+        """Calls of the current tick that have a timeout, by timeout."""
         self._watchdog: asyncio.TimerHandle | None = None
         self._oldest: asyncio.Future[Reply] | None = None
         self.lost: asyncio.Future[None] = self.loop.create_future()
@@ -82,8 +84,11 @@ class RespConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def call(self, command: bytes) -> asyncio.Future[Reply]:
-        """Queue a packed command; raises ConnectionError when the connection is closed or overloaded."""
+    def call(self, command: bytes, timeout: float | None = None) -> asyncio.Future[Reply]:
+        """Queue a packed command; raises ConnectionError when the connection is closed or overloaded.
+
+        With a timeout the future fails with TimeoutError once it passes (its reply, when it comes, is
+        dropped): one timer for all the calls of a tick with the same timeout, not one per call."""
         if self.closed:
             raise RedisConnectionError("the connection to Redis is closed")
         pending = self.pending
@@ -95,6 +100,12 @@ class RespConnection(asyncio.Protocol):
         if not self.buffer:
             self.loop.call_soon(self._flush)
         self.buffer.append(command)
+        if timeout is not None:
+            expiring = self._expiring.get(timeout)
+            if expiring is None:
+                expiring = self._expiring[timeout] = []
+                self.loop.call_later(timeout, _expire, expiring)
+            expiring.append(future)
         return future
 
     def _flush(self) -> None:
@@ -102,6 +113,7 @@ class RespConnection(asyncio.Protocol):
         if self.closed or not buffer:
             return
         self.buffer = []
+        self._expiring = {}
         assert self.transport is not None
         self.transport.write(buffer[0] if len(buffer) == 1 else b"".join(buffer))
         self.writes += 1
@@ -159,3 +171,9 @@ class RespConnection(asyncio.Protocol):
             self.drop(f"Redis answered nothing for {self.stall_timeout} s with {len(self.pending)} replies outstanding")
             return
         self._arm()
+
+
+def _expire(futures: list[asyncio.Future[Reply]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(TimeoutError("no reply from Redis within the limiter's timeout"))

@@ -346,6 +346,29 @@ async def test_a_cancelled_caller_does_not_shift_the_replies_of_later_ones(
     assert backend.connection is connection
 
 
+async def test_the_callers_timeout_fails_a_late_reply_and_later_calls_get_their_own(
+    private_redis: PrivateRedis, private_admin: Redis, names: Names, make_backend: MakeBackend
+) -> None:
+    backend = make_backend(private_redis.url)
+    plan = Plan([names.tier("t", 5)])
+    for _ in range(3):
+        await backend.acquire(plan, "y")
+    connection = backend.connection
+
+    await private_admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # Redis stalls our writes
+    started = asyncio.get_running_loop().time()
+    late = await asyncio.gather(*(backend.acquire(plan, "x", 0.02) for _ in range(2)), return_exceptions=True)
+    waited = asyncio.get_running_loop().time() - started
+    await private_admin.execute_command("CLIENT", "UNPAUSE")
+    assert [type(result) for result in late] == [TimeoutError, TimeoutError]
+    assert waited < 2.5  # the callers' timeout ended the wait, not the end of the 5 s pause
+    decisions = await asyncio.gather(*(backend.acquire(plan, client, 1.0) for client in ("x", "y", "z")))
+
+    # Both timed-out calls ran (their replies were read and dropped); each later call got its own reply.
+    assert [d.remaining for d in decisions] == [2, 1, 4]
+    assert backend.connection is connection
+
+
 async def test_a_stalled_redis_drops_the_connection(
     private_redis: PrivateRedis, private_admin: Redis, names: Names, make_backend: MakeBackend
 ) -> None:
