@@ -68,3 +68,31 @@ def test_no_direct_sink_on_a_terminal_or_a_text_only_stream() -> None:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+class _CountingStream(io.BytesIO):
+    writes = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes += 1
+        return super().write(data)
+
+
+def test_the_lines_of_one_tick_leave_in_one_write() -> None:
+    import asyncio
+
+    stream = _CountingStream()
+    sink = logs.DirectJsonSink(logging.Handler(), stream, "api-gateway")
+
+    async def tick() -> None:
+        for number in range(5):
+            sink.write("info", f"GET /{number} 200", None, {"status": 200})
+        assert stream.writes == 0  # nothing yet: the tick is not over
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(tick())
+    assert stream.writes == 1
+    assert [orjson.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
+        f"GET /{number} 200" for number in range(5)
+    ]
