@@ -51,6 +51,7 @@ class Exchange:
         "instance",
         "pinned",
         "held",
+        "tried",
         "body",
         "attempts",
         "status",
@@ -86,6 +87,8 @@ class Exchange:
         """The instance the next attempt must use, chosen by the breaker; None lets the forwarder pick."""
         self.held: Instance | None = None
         """The instance whose in-flight count this request holds until its response is written."""
+        self.tried: tuple[Instance, ...] | None = None
+        """Instances earlier attempts of this request failed on: a retry goes elsewhere when it can."""
         self.body: bytes | None = None
         """The request body read whole so that a retry can replay it; None means stream it from the client."""
         self.attempts = 0

@@ -74,7 +74,7 @@ class Forwarder:
         if instance is not None:
             exchange.pinned = None
         else:
-            instance = service.pick()
+            instance = service.pick(avoid=exchange.tried)
             if instance is None:
                 raise ServiceUnavailable(
                     f"No healthy instance of {service.name}", details={"service": service.name}

@@ -96,8 +96,17 @@ class Service:
         self.balancer = balancer
         self._turn = itertools.count()
 
-    def pick(self, admit: Admit | None = None) -> Instance | None:
-        """A routable instance that `admit` accepts (the breaker's say), or None.
+    def pick(self, admit: Admit | None = None, avoid: tuple[Instance, ...] | None = None) -> Instance | None:
+        """A routable instance that `admit` accepts (the breaker's say), or None; one not in `avoid` (those
+        a retried request already failed on) while there is such an instance."""
+        if avoid:
+            fresh = self._pick(lambda i: i not in avoid and (admit is None or admit(i)))
+            if fresh is not None:
+                return fresh
+        return self._pick(admit)
+
+    def _pick(self, admit: Admit | None) -> Instance | None:
+        """A routable instance that `admit` accepts, or None.
 
         least_requests takes the one with the fewest requests in flight, ties in turn, so equal
         instances still share the load."""

@@ -202,7 +202,7 @@ class BreakerMiddleware(Middleware):
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Reply:
         assert exchange.route is not None
         service = exchange.route.service
-        instance = service.pick(_admits)
+        instance = service.pick(_admits, exchange.tried)
         if instance is None:
             raise self._unavailable(service.name, service.instances)
         breaker = self._guard(instance)

@@ -220,6 +220,8 @@ class RetryMiddleware(Middleware):
         exchange = _state_exchange(state)
         outcome = state.outcome
         assert outcome is not None
+        if exchange.instance is not None:  # the next attempt goes to another instance when there is one
+            exchange.tried = (*(exchange.tried or ()), exchange.instance)
         if outcome.failed:
             cause = exchange.upstream_fault or "error"
         else:
