@@ -5,6 +5,7 @@ A test that needs a server it cannot reach fails under CI (CI=true) and is skipp
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 import pytest
@@ -51,7 +52,19 @@ def require(name: str, reachable: bool, url: str) -> None:
     if reachable:
         return
     where = URL(url).with_password("***") if URL(url).password else url
-    message = f"{name} is not reachable at {where}: run the suite with ops/test, which starts or installs it"
+    _missing(f"{name} is not reachable at {where}: run the suite with ops/test, which starts or installs it")
+
+
+def redis_server_binary(who: str) -> str:
+    """The redis-server program, for tests that start (and pause, kill) a Redis of their own."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _missing(f"redis-server is not installed: {who} start one of their own")
+    assert binary is not None
+    return binary
+
+
+def _missing(message: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)
     pytest.skip(f"MISSING BACKEND: {message}")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +21,7 @@ from gateway.keys import GATEWAY_KEY
 from gateway.middleware.rate_limit import SPEC_TIERS
 from gateway.ratelimit import COMPONENT, BatchedRedisBackend, Limiter
 from gateway.tokens import mint_token
+from tests import backends
 from tests.backends import redis_answers
 from tests.integration.helpers import (
     Client,
@@ -366,12 +365,7 @@ class RedisServer:
 
 @pytest.fixture
 async def private_redis() -> AsyncIterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed: the Redis fault tests start one of their own"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(f"MISSING BACKEND: {message}")
+    binary = backends.redis_server_binary("the Redis fault tests")
     server = RedisServer(binary)
     await server.start()
     yield server

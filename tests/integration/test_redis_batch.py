@@ -4,9 +4,7 @@ unix sockets. Tests that pause, kill or flush use a private redis-server (passwo
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +22,7 @@ from yarl import URL
 from gateway.ratelimit import Decision, Plan, RedisBackend, Tier
 from gateway.ratelimit.redis_batch import BatchedRedisBackend
 from gateway.redis_client import open_redis
+from tests import backends
 from tests.backends import redis_answers
 from tests.support import free_port
 
@@ -239,12 +238,7 @@ class PrivateRedis:
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
     """A redis-server of this module's own, with a password and a unix socket, which tests may pause and kill."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed: the batched backend's fault tests start one of their own"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(f"MISSING BACKEND: {message}")
+    binary = backends.redis_server_binary("the batched backend's fault tests")
     port, password = free_port(), secrets.token_hex(8)
     path = tmp_path_factory.mktemp("redis") / "redis.sock"
     proc = subprocess.Popen(
