@@ -197,8 +197,11 @@ class RabbitBus:
     def _on_connection_lost(self, _sender: object, exc: BaseException | None) -> None:
         if self._connection is None or self._connection.close_called:
             return
+        # Called again for every failed reconnection attempt: said once per outage, not once per attempt.
+        already_lost = self._last_error is not None
         self._last_error = _describe(exc) if exc else "connection closed"
-        log.warning("lost the event broker; reconnecting", extra=log_fields(error=self._last_error))
+        if not already_lost:
+            log.warning("lost the event broker; reconnecting", extra=log_fields(error=self._last_error))
 
     def _on_reconnected(self, _sender: object) -> None:
         self._last_error = None
