@@ -218,7 +218,10 @@ async def _envelope_for_router_errors(
 
 
 def create_app(gw: Gateway) -> web.Application:
-    app = web.Application(middlewares=[_envelope_for_router_errors], handler_args={"max_field_size": 8190})
+    # auto_decompress=False: a request body goes upstream exactly as the client encoded it.
+    app = web.Application(
+        middlewares=[_envelope_for_router_errors], handler_args={"max_field_size": 8190, "auto_decompress": False}
+    )
     app[GATEWAY_KEY] = gw
     # [\s\S]: a decoded %0A in the path must reach the gateway (and its 400), not fall out of the router.
     app.router.add_route("*", r"/{tail:[\s\S]*}", gw.handle, expect_handler=gw.expect_continue)

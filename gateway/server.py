@@ -38,16 +38,18 @@ async def serve(
     gw = Gateway(settings, registry)
     app = create_app(gw)
     # handler_cancellation: a client that hangs up cancels its request, upstream call included, instead
-    # of leaving it to hold a pooled connection until the route's timeout.
+    # of leaving it to hold a pooled connection until the route's timeout. auto_decompress=False: a
+    # request body goes upstream as the client encoded it (and max_body_size counts the bytes sent).
     runner = web.AppRunner(
         app,
         handle_signals=False,
         access_log=None,
         shutdown_timeout=settings.drain_timeout,
         handler_cancellation=True,
+        auto_decompress=False,
     )
     await runner.setup()
-    use_envelope_errors(runner)
+    use_envelope_errors(runner, header_timeout=settings.header_timeout)
     use_direct_dispatch(runner, gw)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

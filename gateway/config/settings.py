@@ -20,6 +20,7 @@ DEV_JWT_SECRET = "kadai-jwt-secret-dev-key-2024"
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_HEADER_TIMEOUT = 10.0
 MEMORY_URL = "memory://"
 """REDIS_URL / AMQP_URL value for the embedded backends of one development process: the in-process rate
 limiter (no response cache) and the in-process event bus. Refused in production."""
@@ -73,6 +74,8 @@ class Settings:
     drain_timeout: float = 30.0
     drain_delay: float = 0.0
     reload_interval: float = 0.5
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    """Seconds a client has to send a request's headers (slow clients are cut off past it)."""
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{key}={value!r}" for key, value in self.public_view().items())
@@ -169,7 +172,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         level = "INFO"
 
     durations: dict[str, float] = {}
-    for var, default in (("KADAI_DRAIN_TIMEOUT", 30.0), ("KADAI_DRAIN_DELAY", 0.0), ("KADAI_RELOAD_INTERVAL", 0.5)):
+    for var, default in (
+        ("KADAI_DRAIN_TIMEOUT", 30.0),
+        ("KADAI_DRAIN_DELAY", 0.0),
+        ("KADAI_RELOAD_INTERVAL", 0.5),
+        ("KADAI_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+    ):
         try:
             durations[var] = parse_duration(env[var]) if var in env else default
         except ValueError as exc:
@@ -177,6 +185,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             durations[var] = default
     if durations["KADAI_RELOAD_INTERVAL"] <= 0:
         problems.append("KADAI_RELOAD_INTERVAL: must be above zero")
+    if durations["KADAI_HEADER_TIMEOUT"] <= 0:
+        problems.append("KADAI_HEADER_TIMEOUT: must be above zero")
 
     if problems:
         raise ConfigError("environment", problems)
@@ -190,6 +200,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         drain_timeout=durations["KADAI_DRAIN_TIMEOUT"],
         drain_delay=durations["KADAI_DRAIN_DELAY"],
         reload_interval=durations["KADAI_RELOAD_INTERVAL"],
+        header_timeout=durations["KADAI_HEADER_TIMEOUT"],
     )
 
 

@@ -102,7 +102,11 @@ class Call:
     async def body(self, model: type[M]) -> M:
         """The JSON body validated into model: 400 when it is missing, not UTF-8 or not JSON; 422 with
         the failing fields when it does not validate."""
-        raw = await self.request.read()
+        try:
+            raw = await self.request.read()
+        except web.RequestPayloadError:
+            # A body its Content-Encoding cannot decode (or cut short) is the client's fault, not a 500.
+            raise BadRequest("The body could not be read: broken Content-Encoding or framing") from None
         if not raw.strip():
             raise BadRequest("A JSON body is required")
         try:

@@ -168,17 +168,19 @@ class Platform:
             self.gateway = gw = Gateway(settings, self.registry, resources)
         except ConfigError as exc:  # the file changed since it was checked, and not for the better
             raise StartFailed(f"{GATEWAY}: {exc.render()}") from None
-        # handler_cancellation: as in `kadai gateway`, a client that hangs up cancels its upstream call.
+        # As in `kadai gateway`: a client that hangs up cancels its upstream call, and request bodies are
+        # forwarded as encoded (never decompressed).
         runner = web.AppRunner(
             create_app(gw),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=settings.drain_timeout,
             handler_cancellation=True,
+            auto_decompress=False,
         )
         await runner.setup()
         self.gateway_runner = runner
-        use_envelope_errors(runner)
+        use_envelope_errors(runner, header_timeout=settings.header_timeout)
         use_direct_dispatch(runner, gw)
         host, port = self.options.host, self.options.port
         try:
