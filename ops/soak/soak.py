@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-import procs
+import platform_procs as procs
 import tally
 
 PASSWORD = "kadai soak password"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,12 +21,13 @@ from services.events.event import Event, MalformedEvent
 
 if TYPE_CHECKING:
     # Type-only: importing services.kit here would import the kit (which imports this module) first.
-    from services.kit.db import Database
+    from services.kit.db import Database, Row
     from services.kit.metrics import ServiceMetrics
 
 log = logging.getLogger("services.events")
 
-BATCH = 100
+BATCH = 500
+"""Events read per pass and published together, their confirms awaited at once."""
 _PRUNE_EVERY = 3600.0
 
 
@@ -86,33 +88,77 @@ class OutboxRelay:
         sent = 0
         async with self._drain_lock:
             while self.bus.connected:
-                rows = await self.db.fetchall(
-                    "SELECT seq, body FROM kadai_outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?", (BATCH,)
-                )
+                rows = await self._pending_rows()
                 if not rows:
                     break
-                done: list[int] = []
-                try:
-                    for row in rows:
-                        event = _parse(row["body"])
-                        if event is not None:
-                            await self.bus.publish(event)
-                            self.metrics.events_published.labels(self.metrics.service, event.type).inc()
-                        done.append(row["seq"])
-                except PublishFailed as exc:
-                    self.metrics.publish_failures.labels(self.metrics.service).inc()
+                confirmed, failure = await self._publish(rows)
+                sent += confirmed
+                if failure is not None:
                     if not self._failing:
-                        log.warning("could not publish from the outbox; will retry", extra=log_fields(error=str(exc)))
+                        log.warning(
+                            "could not publish from the outbox; will retry", extra=log_fields(error=str(failure))
+                        )
                     self._failing = True
                     break
-                finally:
-                    await self._mark_sent(done)
-                    sent += len(done)
                 if self._failing:
                     log.info("outbox publishing works again")
                     self._failing = False
+                if len(rows) < BATCH:
+                    break  # all there was; a commit since then has woken the relay for another pass
         await self.refresh_gauges()
         return sent
+
+    async def _pending_rows(self) -> list[Row]:
+        # On the writer's connection, in a transaction of its own: a read on the shared reader connection
+        # can land inside another task's open statement, whose snapshot predates our last _mark_sent, and
+        # the relay would publish those events again (and miss the ones just committed until the next poll).
+        async with self.db.transaction() as tx:
+            return await tx.fetchall(
+                "SELECT seq, body FROM kadai_outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?", (BATCH,)
+            )
+
+    async def _publish(self, rows: Sequence[Row]) -> tuple[int, PublishFailed | None]:
+        """Publish a batch with its confirms in flight together and mark sent exactly the confirmed events;
+        returns (how many, the first failure). The publishes start in commit order and the channel keeps
+        it; one that fails leaves its event pending for a later pass, whatever happened to its neighbours."""
+        done: list[int] = []
+        publishing: list[tuple[int, str, asyncio.Task[None]]] = []
+        for row in rows:
+            event = _parse(row["body"])
+            if event is None:
+                done.append(row["seq"])
+            else:
+                publishing.append((row["seq"], event.type, asyncio.ensure_future(self.bus.publish(event))))
+        failure: PublishFailed | None = None
+        unexpected: BaseException | None = None
+        try:
+            if publishing:
+                await asyncio.wait([task for _seq, _type, task in publishing])
+        finally:
+            # Also when the pass is cancelled: what the bus confirmed by then is marked, the rest waits.
+            published: Counter[str] = Counter()
+            failed = 0
+            for seq, event_type, task in publishing:
+                if not task.done() or task.cancelled():
+                    task.cancel()
+                    continue
+                error = task.exception()
+                if error is None:
+                    done.append(seq)
+                    published[event_type] += 1
+                elif isinstance(error, PublishFailed):
+                    failed += 1
+                    failure = failure or error
+                else:
+                    unexpected = unexpected or error
+            for event_type, count in published.items():
+                self.metrics.events_published.labels(self.metrics.service, event_type).inc(count)
+            if failed:
+                self.metrics.publish_failures.labels(self.metrics.service).inc(failed)
+            await self._mark_sent(done)
+        if unexpected is not None:
+            raise unexpected
+        return len(done), failure
 
     async def _mark_sent(self, seqs: list[int]) -> None:
         if not seqs:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -213,25 +214,38 @@ class RabbitBus:
             callback()
 
     async def publish(self, event: Event) -> None:
-        exchange = self._exchange
-        if exchange is None or not self.connected:
+        exchange, channel = self._exchange, self._publish_channel
+        if exchange is None or channel is None or channel.is_closed or not self.connected:
             raise PublishFailed(self._last_error or "not connected to the event broker")
-        message = aio_pika.Message(
-            event.to_json(),
+        # The properties aio_pika.Message would build, built once, without its per-field checks.
+        properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
             delivery_mode=DeliveryMode.PERSISTENT,
+            priority=0,
             message_id=event.id,
-            type=event.type,
+            message_type=event.type,
             app_id=event.source,
             correlation_id=event.request_id,
             timestamp=datetime.now(tz=UTC),
+            headers={},
         )
         try:
-            # Not mandatory: an event no service subscribes to is not an error. The timeout bounds the
-            # wait for a confirm on a connection that broke mid-publish.
-            await asyncio.wait_for(
-                exchange.publish(message, routing_key=event.type, mandatory=False), self.settings.publish_timeout
-            )
+            # asyncio.timeout, not wait_for (a task per publish): the timeout bounds the wait for a confirm
+            # on a connection that broke mid-publish.
+            async with asyncio.timeout(self.settings.publish_timeout):
+                underlay = await channel.get_underlay_channel()
+                # Not mandatory: an event no service subscribes to is not an error. wait=False: the publish
+                # does not hold the channel until its frames reach the socket, so the publishes of a batch
+                # go out back to back (still in the order they were made) and only their confirms are
+                # awaited; aio-pika's Exchange.publish always waits.
+                await underlay.basic_publish(
+                    event.to_json(),
+                    exchange=exchange.name,
+                    routing_key=event.type,
+                    properties=properties,
+                    mandatory=False,
+                    wait=False,
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the caller keeps the event pending whatever went wrong

@@ -12,7 +12,7 @@ from tests.support import REPO
 
 sys.path.insert(0, str(REPO / "ops" / "soak"))  # the soak's modules import one another as scripts do
 
-import procs  # noqa: E402
+import platform_procs as procs  # noqa: E402
 import soak  # noqa: E402
 import tally  # noqa: E402
 
