@@ -251,14 +251,15 @@ class Database:
                 listener(tx.events)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        """A read outside any transaction: sees committed data only."""
-        async with self._reader_conn().execute(sql, params) as cursor:
-            row: Row | None = await cursor.fetchone()
-            return row
+        """A read outside any transaction: sees what was committed when it runs (for queries of one row)."""
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
-        async with self._reader_conn().execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # Executed and read to the end in one job of the reader's thread: a cursor left open between two
+        # awaits would hold the connection's read snapshot, and a concurrent read on the same connection
+        # would not see rows committed since.
+        return list(await self._reader_conn().execute_fetchall(sql, params))
 
     def _reader_conn(self) -> aiosqlite.Connection:
         if self._reader is None:
