@@ -19,7 +19,7 @@ from tests.conftest import StartUpstream
 from tests.integration.helpers import metric_value
 from tests.process.conftest import _clean_gateway_environment  # noqa: F401 - autouse: a clean environment
 from tests.process.helpers import GATEWAY_ENV_VARS, wait_until
-from tests.process.test_upstream_faults import UpstreamProcess
+from tests.process.test_upstream_faults import UpstreamProcess, stable_upstream
 from tests.support import GatewayProcess, free_port, service, write_registry
 
 pytestmark = pytest.mark.slow
@@ -214,15 +214,6 @@ async def test_a_failing_upstream_is_retried_only_where_safe(
 # --- an instance stopped: timeouts, the breaker opens, and closes once it resumes ---------------------------
 
 
-async def _stable_upstream(start_upstream: StartUpstream) -> str:
-    async def handle(request: web.Request) -> web.Response:
-        return web.json_response({"service": "stable", "path": request.path})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    return await start_upstream(app)
-
-
 async def _breaker(session: aiohttp.ClientSession, gateway: GatewayProcess, url: str) -> dict[str, Any] | None:
     async with session.get(f"{gateway.url}/api/v1/gateway/services") as response:
         listing = (await response.json())["data"]
@@ -239,7 +230,7 @@ async def test_a_stopped_instance_times_out_opens_its_breaker_and_closes_it_once
     trial request closes the breaker. Another service on the same gateway never notices."""
     upstream = FaultyUpstream(tmp_path / "upstream").start()
     try:
-        stable = await _stable_upstream(start_upstream)
+        stable = await stable_upstream(start_upstream)
         route = {"prefix": "/api/v1/faulty", "timeouts": {"read": "300ms"}}
         registry = write_registry(
             tmp_path / "registry.yaml",
@@ -443,7 +434,7 @@ async def test_a_retry_goes_to_another_instance_than_the_one_that_just_failed(
     retry waits out its backoff would hand the retry back to the dead instance, and the client would get
     a 502 although a live instance was there and a retry was left. The order is forced here; under
     concurrent load it happens by chance."""
-    live = await _stable_upstream(start_upstream)
+    live = await stable_upstream(start_upstream)
     with socket.socket() as dead:  # bound, never listening: connections are refused
         dead.bind(("127.0.0.1", 0))
         dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}"

@@ -10,12 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.conftest import StartUpstream
 from tests.integration.helpers import metric_value
 from tests.process.helpers import json_lines, wait_until
-from tests.process.test_upstream_faults import UpstreamProcess
+from tests.process.test_upstream_faults import UpstreamProcess, stable_upstream
 from tests.support import GatewayProcess, free_port, service, write_registry
 
 pytestmark = pytest.mark.slow
@@ -24,15 +23,6 @@ SERVICE = "flaky"
 HEALTH = {"interval": "200ms", "timeout": "200ms", "unhealthy_threshold": 2, "healthy_threshold": 2}
 GAUGE = "kadai_gateway_instance_healthy"
 CHECKS = "kadai_gateway_health_checks_total"
-
-
-async def _stable_upstream(start_upstream: StartUpstream) -> str:
-    async def handle(request: web.Request) -> web.Response:
-        return web.json_response({"service": "stable", "path": request.path})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    return await start_upstream(app)
 
 
 class Gateway:
@@ -90,7 +80,7 @@ async def test_a_killed_instance_leaves_routing_within_its_threshold_and_returns
 ) -> None:
     upstream = UpstreamProcess(tmp_path, free_port()).start()
     try:
-        stable = await _stable_upstream(start_upstream)
+        stable = await stable_upstream(start_upstream)
         registry = write_registry(
             tmp_path / "registry.yaml",
             # No retries or breaker: where requests land shows the health checks' decision alone.

@@ -112,7 +112,8 @@ def upstream_process(tmp_path: Path) -> Iterator[UpstreamProcess]:
         upstream.stop()
 
 
-async def _stable_upstream(start_upstream: StartUpstream) -> str:
+async def stable_upstream(start_upstream: StartUpstream) -> str:
+    """An upstream that answers every GET with its path (the instance that stays up)."""
     async def handle(request: web.Request) -> web.Response:
         return web.json_response({"service": "stable", "path": request.path})
 
@@ -135,7 +136,7 @@ async def _gateway(
             "flaky": service(
                 [upstream.url], {"prefix": "/api/v1/flaky", "timeouts": {"read": "30s"}}, retry=False, breaker=False
             ),
-            "stable": service([await _stable_upstream(start_upstream)], "/api/v1/stable"),
+            "stable": service([await stable_upstream(start_upstream)], "/api/v1/stable"),
         },
     )
     return gateway_process(registry)
