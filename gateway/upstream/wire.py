@@ -34,7 +34,9 @@ def build_head(method: str, target: str, host_line: str, headers: Headers, frami
     CR, LF or NUL anywhere raises ValueError: counting line ends over the joined head finds any smuggled
     one without scanning each value. A (multi)dict is taken by its items(), duplicates included.
     """
-    pairs: Iterable[tuple[str, str]] = headers.items() if isinstance(headers, Mapping) else headers
+    # Duck-typed, not isinstance(headers, Mapping): an ABC check on every request costs more than the test.
+    items = getattr(headers, "items", None)
+    pairs: Iterable[tuple[str, str]] = items() if items is not None else headers
     if target[:1] != "/" or " " in target or " " in method:
         raise ValueError(f"invalid request line: {method!r} {target!r}")
     parts = [method, " ", target, " HTTP/1.1\r\n", host_line]
