@@ -83,6 +83,9 @@ CREATE TABLE IF NOT EXISTS kadai_schema_migrations (
 )
 """
 
+PAGE_CACHE_KIB = 512
+"""SQLite page cache per connection, in KiB."""
+
 # Set while the current task holds the write transaction: a nested transaction() would wait for itself.
 _holding: ContextVar[bool] = ContextVar("kadai_db_transaction", default=False)
 
@@ -212,6 +215,9 @@ class Database:
         conn.row_factory = sqlite3.Row
         await _run(conn, "PRAGMA foreign_keys=ON")
         await _run(conn, f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        # A bounded page cache per connection (SQLite's default is 2 MiB): every service holds two, and
+        # the operating system caches the file anyway.
+        await _run(conn, f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         return conn
 
     async def close(self) -> None:

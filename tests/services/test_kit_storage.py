@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.kit.db import Database, Migration, MigrationError
+from services.kit.db import PAGE_CACHE_KIB, Database, Migration, MigrationError
 from tests.services import demo
 from services.user import SERVICE as USERS
 from tests.services.conftest import MakeSettings, Serve
@@ -182,3 +182,13 @@ async def test_the_outbox_relay_stops_when_a_commit_wakes_it_in_the_same_tick(
         await asyncio.sleep(0.005)  # asleep on its wake-up event
         relay.wake()
         await asyncio.wait_for(relay.stop(flush_timeout=0.5), 2.0)
+
+
+async def test_both_connections_keep_a_bounded_page_cache(tmp_path: Path) -> None:
+    db = await open_db(tmp_path / "cache.sqlite3", [M1])
+    try:
+        for conn in (db._reader, db._writer):
+            assert conn is not None
+            assert [tuple(row) for row in await conn.execute_fetchall("PRAGMA cache_size")] == [(-PAGE_CACHE_KIB,)]
+    finally:
+        await db.close()
