@@ -122,7 +122,7 @@ class Forwarder:
             response.close()
             exchange.upstream_fault = "invalid"
             exchange.failure = f"upstream answered with an invalid status {response.status}"
-            raise BadGateway("Bad Gateway: the service sent an invalid response", details={"service": service.name})
+            raise _invalid_response(service.name)
         headers = client_response_headers(response.headers, response.status)
         headers["X-Gateway-Service"] = service.name
         return Reply(response.status, headers, upstream=response)
@@ -184,7 +184,7 @@ class Forwarder:
             return ClientClosedRequest()  # the client's doing, not the instance's
         if isinstance(exc, UpstreamProtocolError):
             _fault(exchange, "invalid", exc)
-            return BadGateway("Bad Gateway: the service sent an invalid response", details={"service": service})
+            return _invalid_response(service)
         _fault(exchange, "connect", exc)
         return BadGateway(details={"service": service})
 
@@ -193,6 +193,10 @@ class Forwarder:
         exchange.release_instance()
         if exchange.upstream_fault is not None:
             self.resources.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
+
+
+def _invalid_response(service: str) -> BadGateway:
+    return BadGateway("Bad Gateway: the service sent an invalid response", details={"service": service})
 
 
 def _fault(exchange: Exchange, kind: str, cause: BaseException) -> None:
