@@ -33,6 +33,7 @@ from gateway.upstream import (
     UpstreamResetError,
     UpstreamResponse,
 )
+from gateway.whole_reply import reason_phrase, send_whole
 
 Body = bytes | AsyncIterator[bytes] | None
 Upstream = UpstreamResponse | aiohttp.ClientResponse
@@ -317,11 +318,20 @@ async def _write_small(
         upstream.release()
     # The length is now known for sure; the headers otherwise stay as the instance sent them.
     headers["Content-Length"] = str(len(body))
-    # A Response (not a StreamResponse) holds its headers back and sends them with the body: one write.
-    response = web.Response(status=reply.status, reason=upstream.reason, headers=headers, body=body)
-    if await _prepare(request, exchange, response):
-        await _to_client(exchange, response.write_eof(), len(body))
-    return response
+    status = reply.status
+    if status < 200 or status in _NO_BODY_STATUSES:
+        # aiohttp's rules about which framing headers such a status may carry apply.
+        response = web.Response(status=status, reason=upstream.reason, headers=headers, body=body)
+        if await _prepare(request, exchange, response):
+            await _to_client(exchange, response.write_eof(), len(body))
+        return response
+    reason = upstream.reason if upstream.reason is not None else reason_phrase(status)
+    sent, delivered = await send_whole(request, status, reason, headers, body)
+    if delivered:
+        exchange.bytes_sent += len(body)
+    else:
+        exchange.failure = exchange.failure or "client closed the connection"
+    return sent
 
 
 async def _send_whole(request: web.BaseRequest, exchange: Exchange, response: web.Response) -> web.Response:

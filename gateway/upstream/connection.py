@@ -238,7 +238,7 @@ class UpstreamConnection(asyncio.Protocol):
         deadline: float | None,
     ) -> UpstreamResponse:
         """Begin an exchange: write the head (and a bytes body) and return the response to wait on."""
-        response = self._response = UpstreamResponse(self)
+        response = self._response = UpstreamResponse(self, self._loop)
         self._head_only = head_only
         self._in_head = True
         self._head_bytes = 0

@@ -163,6 +163,8 @@ class UpstreamPool:
         self._idle_timeout = idle_timeout
         self._origins: dict[str, _Origin] = {}
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the first request: asyncio.get_running_loop() costs a getpid() syscall on 3.11."""
 
     async def request(
         self,
@@ -193,7 +195,10 @@ class UpstreamPool:
             framing_line = framing(method, content_length, True)
         head = build_head(method, target, place.host_line, headers, framing_line)
 
-        now = asyncio.get_running_loop().time()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
         deadline = None if total_timeout is None else now + total_timeout
         until: float | None = None if connect_timeout is None else now + connect_timeout
         phase: TimeoutPhase = "connect"

@@ -24,16 +24,17 @@ class UpstreamResponse:
 
     __slots__ = (
         "status", "reason", "version", "headers", "content_length",
-        "_conn", "_chunks", "_buffered", "_eof", "_exc", "_waiter", "_has_head",
+        "_conn", "_loop", "_chunks", "_buffered", "_eof", "_exc", "_waiter", "_has_head",
     )
 
-    def __init__(self, conn: UpstreamConnection) -> None:
+    def __init__(self, conn: UpstreamConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.status = 0
         self.reason = ""
         self.version = "1.1"
         self.headers = _NO_HEADERS
         self.content_length: int | None = None
         self._conn: UpstreamConnection | None = conn
+        self._loop = loop
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._eof = False
@@ -104,7 +105,7 @@ class UpstreamResponse:
             await self._wait()
 
     async def _wait(self) -> None:
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        waiter = self._waiter = self._loop.create_future()
         try:
             await waiter
         except asyncio.CancelledError:
