@@ -12,6 +12,7 @@ from gateway.config.errors import ConfigError
 from gateway.config.loader import load_registry
 from gateway.config.settings import Settings, load_settings
 from gateway.logs import configure_logging
+from gateway.runtime import pin_malloc_mmap_threshold
 
 log = logging.getLogger("gateway.cli")
 
@@ -75,6 +76,8 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("up", "gateway", "service"):
+        pin_malloc_mmap_threshold()  # before the process has built much of its heap
     if args.command in ("service", "events", "up", "demo"):
         return _services(args)  # services read their own settings (AMQP_URL may be memory://)
     try:

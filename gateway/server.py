@@ -24,6 +24,7 @@ from gateway.config.settings import Settings
 from gateway.dispatch import use_direct_dispatch
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
+from gateway.runtime import settle_garbage_collector
 
 log = logging.getLogger("gateway.server")
 
@@ -68,6 +69,7 @@ async def serve(
                 settings=gw.resources.settings.public_view(),
             ),
         )
+        settle_garbage_collector()
         await stop.wait()
         gw.resources.draining = True
         if settings.drain_delay > 0:

@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway.config.errors import ConfigError
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
+from gateway.runtime import settle_garbage_collector
 from services.kit.app import build_app
 from services.kit.db import MigrationError
 from services.kit.service import Service
@@ -46,6 +47,7 @@ async def serve(service: Service, settings: ServiceSettings, host: str, port: in
             f"{service.name} listening on http://{host}:{port}",
             extra=log_fields(pid=os.getpid(), settings=settings.public_view()),
         )
+        settle_garbage_collector()
         await stop.wait()
         log.info("shutting down: draining", extra=log_fields(timeout=settings.platform.drain_timeout))
     finally:

@@ -35,6 +35,7 @@ from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
 from gateway.resources import Resources
 from gateway.routing import InstanceState
+from gateway.runtime import settle_garbage_collector
 from services.kit.app import build_app
 from services.kit.db import MigrationError
 from services.kit.settings import ServiceSettings, load_service_settings
@@ -371,6 +372,7 @@ async def _up(
                 management = url if await backend_probes.port_answers(url) else None
             facts = _facts(platform, options, service_settings, management, time.monotonic() - began)
             print(banner.render(facts), file=out, flush=True)
+        settle_garbage_collector()
         await stop.wait()
         # Handlers stay installed through the drain: a second signal must not cut finishing work short.
         await platform.drain(stop)
