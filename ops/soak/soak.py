@@ -5,8 +5,8 @@ reached its final status with its messages and analytics, checked through the ga
 
     ops/soak/run [--url http://127.0.0.1:4000] [--duration 600] [--customers 6] [--rate 3] [--json PATH]
 
-Prints requests, statuses by kind, p50/p95/p99, the RSS of each platform process at start and end, and the
-orders whose events went missing; exits 1 on any error other than the intended 429s or any missing event.
+Prints requests, statuses by kind, p50/p95/p99, the RSS of each platform process at start and end and its
+trend once warm (MiB per minute after --warm-up), and the orders whose events went missing; exits 1 on any error other than the intended 429s or any missing event.
 """
 from __future__ import annotations
 
@@ -279,7 +279,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         memory.add(time.monotonic() - started, procs.rss(memory.names))
         currency = shop.products[0]["currency"]
         problems = await settle(lambda: observe_problems(shop, currency), args.settle)
-    return tally.report(counts, memory, problems, load_seconds, len(shop.orders))
+    warm_up = args.warm_up if args.warm_up is not None else min(300.0, args.duration / 5)
+    return tally.report(counts, memory, problems, load_seconds, len(shop.orders), warm_up)
 
 
 async def observe_problems(shop: Shop, currency: str) -> list[str]:
@@ -312,6 +313,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ]
     for flag, kind, default, meaning in options:
         parser.add_argument(flag, type=kind, default=default, help=f"{meaning} (default %(default)s)")
+    parser.add_argument("--warm-up", type=float, default=None,
+                        help="seconds of start-up (caches filling) left out of the memory trend "
+                             "(default: a fifth of --duration, at most 300)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.customers < 1 or not 0 < args.rate <= 8:

@@ -3,6 +3,7 @@ platform's memory, and the orders whose events did not all arrive. Pure logic, t
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,8 +140,9 @@ class Memory:
     def add(self, at: float, rss: Mapping[int, int]) -> None:
         self.samples.append((at, dict(rss)))
 
-    def rows(self) -> list[dict[str, Any]]:
-        """Per process: RSS at the first and last sample, the highest, the change, and every sample, in MiB."""
+    def rows(self, warm_up: float = 0.0) -> list[dict[str, Any]]:
+        """Per process: RSS at the first and last sample, the highest, the change, the trend after
+        `warm_up` seconds (see trend()), and every sample, in MiB."""
         rows = []
         for pid, name in self.names.items():
             series = [(at, rss[pid] / 1024) for at, rss in self.samples if pid in rss]
@@ -149,11 +151,28 @@ class Memory:
             first, last = series[0][1], series[-1][1]
             rows.append({"pid": pid, "name": name, "startMiB": round(first, 1), "endMiB": round(last, 1),
                          "maxMiB": round(max(mib for _at, mib in series), 1), "changeMiB": round(last - first, 1),
+                         **trend([(at, mib) for at, mib in series if at >= warm_up]),
                          "samples": [[round(at), round(mib, 1)] for at, mib in series]})
         return rows
 
 
-def report(tally: Tally, memory: Memory, problems: Sequence[str], duration: float, orders: int) -> dict[str, Any]:
+def trend(series: Sequence[tuple[float, float]]) -> dict[str, float | None]:
+    """How RSS moves once warm: the median of the first third of the samples against the median of the
+    last third, as MiB at each end and MiB per minute between their midpoints. Medians, so a burst that
+    is given back (a password hash's 32 MiB) does not read as growth. None with fewer than 6 samples."""
+    if len(series) < 6:
+        return {"warmMiB": None, "lateMiB": None, "perMinuteMiB": None}
+    third = len(series) // 3
+    early, late = series[:third], series[-third:]
+    early_mib, late_mib = statistics.median(m for _at, m in early), statistics.median(m for _at, m in late)
+    minutes = (statistics.median(at for at, _m in late) - statistics.median(at for at, _m in early)) / 60
+    return {"warmMiB": round(early_mib, 1), "lateMiB": round(late_mib, 1),
+            "perMinuteMiB": round((late_mib - early_mib) / minutes, 3) if minutes > 0 else None}
+
+
+def report(
+    tally: Tally, memory: Memory, problems: Sequence[str], duration: float, orders: int, warm_up: float = 0.0
+) -> dict[str, Any]:
     """The run's figures, as --json writes them."""
     load = tally.requests(LOAD_KINDS)
     return {
@@ -165,7 +184,8 @@ def report(tally: Tally, memory: Memory, problems: Sequence[str], duration: floa
         "statuses": {kind: dict(sorted(counts.items())) for kind, counts in sorted(tally.statuses.items())},
         "intended429": tally.intended(),
         "unintendedErrors": dict(tally.errors()),
-        "memory": memory.rows(),
+        "memoryWarmUpSeconds": round(warm_up),
+        "memory": memory.rows(warm_up),
         "missingEvents": len(problems),
         "problems": list(problems[:50]),
     }
@@ -186,10 +206,14 @@ def render(figures: Mapping[str, Any]) -> str:
     lines.append(f"intended 429s (bursts): {figures['intended429']}")
     errors = figures["unintendedErrors"]
     lines.append("unintended errors: " + (", ".join(f"{key}: {n}" for key, n in errors.items()) if errors else "0"))
-    lines.append("memory (RSS, MiB)           start       end       max    change")
+    lines.append("memory (RSS, MiB)           start       end       max    change      warm      late   per min")
     for row in figures["memory"]:
+        warm = (f"{row['warmMiB']:>9.1f} {row['lateMiB']:>9.1f} {row['perMinuteMiB']:>+9.3f}"
+                if row["perMinuteMiB"] is not None else f"{'(too few samples)':>29}")
         lines.append(f"  {row['name'][:24]:<24} {row['startMiB']:>7.1f} {row['endMiB']:>9.1f} "
-                     f"{row['maxMiB']:>9.1f} {row['changeMiB']:>+9.1f}   (pid {row['pid']})")
+                     f"{row['maxMiB']:>9.1f} {row['changeMiB']:>+9.1f} {warm}   (pid {row['pid']})")
+    lines.append(f"  warm / late / per min: medians of the first and last thirds of the samples after "
+                 f"{figures['memoryWarmUpSeconds']} s of warm-up, and the change per minute between them")
     lines.append(f"missing events: {figures['missingEvents']}")
     lines.extend(f"  {problem}" for problem in figures["problems"][:10])
     return "\n".join(lines)

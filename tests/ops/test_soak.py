@@ -174,9 +174,10 @@ def test_memory_rows_give_each_process_its_first_last_and_highest_sample() -> No
 
     assert memory.rows() == [
         {"pid": 10, "name": "kadai up (9 ports)", "startMiB": 80.0, "endMiB": 90.0, "maxMiB": 95.0, "changeMiB": 10.0,
-         "samples": [[0, 80.0], [10, 95.0], [20, 90.0]]},
+         "warmMiB": None, "lateMiB": None, "perMinuteMiB": None, "samples": [[0, 80.0], [10, 95.0], [20, 90.0]]},
         {"pid": 20, "name": "kadai service user :3001", "startMiB": 40.0, "endMiB": 41.0, "maxMiB": 41.0,
-         "changeMiB": 1.0, "samples": [[0, 40.0], [10, 41.0]]},
+         "changeMiB": 1.0, "warmMiB": None, "lateMiB": None, "perMinuteMiB": None,
+         "samples": [[0, 40.0], [10, 41.0]]},
     ]
 
 
@@ -213,7 +214,7 @@ def test_the_report_shows_every_figure() -> None:
     assert "intended 429s (bursts): 1" in text
     assert "unintended errors: read 502: 1" in text
     assert "  burst      429: 1" in text
-    assert "kadai up (9 ports)          80.0      81.0      81.0      +1.0   (pid 10)" in text
+    assert "kadai up (9 ports)          80.0      81.0      81.0      +1.0             (too few samples)   (pid 10)" in text
     assert "missing events: 1\n  order ord_1: pending, not paid" in text
 
 
@@ -251,3 +252,26 @@ def test_arguments_that_cannot_make_a_soak_are_refused(argv: list[str], capsys: 
 def test_the_defaults_are_the_issues_ten_minutes_on_port_4000() -> None:
     args = soak.parse([])
     assert (args.url, args.duration, args.burst_every) == ("http://127.0.0.1:4000", 600, 60)
+
+
+def test_memory_trend_after_warm_up_is_median_to_median_per_minute() -> None:
+    memory = tally.Memory(names={10: "kadai up (9 ports)"})
+    memory.add(0.0, {10: 60 * 1024})  # start-up, left out
+    for minute in range(1, 10):  # +0.5 MiB a minute once warm, with one 32 MiB burst given back
+        memory.add(minute * 60.0, {10: int((80 + 0.5 * minute + (32 if minute == 5 else 0)) * 1024)})
+    memory.add(600.0, {10: 200 * 1024})  # a late burst: one sample among the last third moves no median
+    (row,) = memory.rows(warm_up=60.0)
+    assert row["warmMiB"] == 81.0 and row["lateMiB"] == 84.5
+    assert row["perMinuteMiB"] == 0.5  # 81.0 at minute 2, 84.5 at minute 9
+    assert row["startMiB"] == 60.0 and row["maxMiB"] == 200.0
+
+
+def test_memory_trend_of_a_flat_process_is_zero_and_needs_six_samples() -> None:
+    memory = tally.Memory(names={10: "kadai up (9 ports)"})
+    for second in range(0, 540, 60):
+        memory.add(float(second), {10: 90 * 1024 + (512 if second % 120 else 0)})
+    assert memory.rows(warm_up=0.0)[0]["perMinuteMiB"] == 0.0
+    short = tally.Memory(names={10: "kadai up (9 ports)"})
+    for second in range(5):
+        short.add(float(second), {10: 90 * 1024})
+    assert short.rows()[0]["perMinuteMiB"] is None
