@@ -1,11 +1,17 @@
 """Process-wide settings for the long-running commands (`kadai up`, `kadai gateway`, `kadai service`).
 
 - glibc's malloc raises its mmap threshold to the size of any large block freed (up to 32 MiB) and its
-  trim threshold to twice that: after one such free, blocks below that size come from the heap, and
-  the heap is given back only when twice that much is free at its top. Under steady load the platform
-  process (`kadai up`: gateway and services) then grew by about a MiB a minute with the Python heap flat
-  (tracemalloc); with the threshold pinned at glibc's default, which turns the adjustment off, the same
-  load stays flat (README, "Proof that it holds").
+  trim threshold to twice that. asyncio reads a socket into a fresh 256 KiB buffer and shrinks it to
+  what arrived, so after the first read those buffers come from the heap, and the small results that
+  stay alive (a message kept, a row cached) leave holes the heap cannot give back. Under steady load the
+  platform process (`kadai up`: gateway and services) grew by about half a MiB a minute that way, with
+  the Python heap flat (tracemalloc). Pinning the threshold at glibc's default (which turns the
+  adjustment off) maps each such buffer and unmaps it when freed; the same load then stays flat
+  (README, "Proof that it holds"). Measured alternatives: a 1 MiB threshold grew as before; malloc_trim()
+  every minute halved the growth. The cost is three system calls per socket read, a few microseconds:
+  nothing next to a service's request, but a fifth of the gateway's CPU per proxied request in the
+  benchmark. So the services' commands pin it and `kadai gateway` does not: its memory is flat without
+  (`ops/bench/run --soak`).
 - The cycle collector: after start-up, everything built so far (modules, configuration, route table)
   is moved out of its sight with gc.freeze(), so full collections no longer walk it; and the youngest
   generation is collected every GC_GEN0_THRESHOLD allocations instead of 700, since a busy gateway
