@@ -58,6 +58,7 @@ class Exchange:
         "bytes_sent",
         "failure",
         "upstream_fault",
+        "request_unsent",
         "finish_hooks",
         "state",
     )
@@ -98,6 +99,9 @@ class Exchange:
         """What went wrong (upstream unreachable or reset, client gone), for the access log line."""
         self.upstream_fault: str | None = None
         """Kind of upstream failure (connect, timeout, reset, body_too_large), counted once at the end."""
+        self.request_unsent = False
+        """The last attempt failed before any of the request reached the instance (no connection could
+        be opened): repeating it is safe whatever the method."""
         self.finish_hooks: list[Callable[[Exchange], None]] = []
         self.state: dict[str, Any] = {}
         """Free space for third-party middleware."""

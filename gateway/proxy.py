@@ -28,10 +28,12 @@ from gateway.resources import Resources
 from gateway.routing import Instance
 from gateway.upstream import (
     RequestBodyLengthError,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamResetError,
     UpstreamResponse,
+    UpstreamTimeout,
 )
 from gateway.whole_reply import reason_phrase, send_whole
 
@@ -174,6 +176,7 @@ class Forwarder:
     def _failed(self, exchange: Exchange, exc: BaseException, max_body: int) -> GatewayError:
         """The client's error for an upstream call that failed, with the failure recorded on the exchange."""
         service = exchange.service
+        exchange.request_unsent = _never_sent(exc)
         if isinstance(exc, TimeoutError):
             _fault(exchange, "timeout", exc)
             return GatewayTimeout(details={"service": service})
@@ -194,6 +197,16 @@ class Forwarder:
         exchange.release_instance()
         if exchange.upstream_fault is not None:
             self.resources.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the request failed before any of it could reach the instance: no connection was opened
+    (refused, unreachable, connect timeout), or the kept-alive one was found dead before writing."""
+    if isinstance(exc, UpstreamTimeout):
+        return exc.phase == "connect"
+    if isinstance(exc, UpstreamResetError):
+        return exc.sent_nothing
+    return isinstance(exc, (UpstreamConnectError, aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
 
 
 def _invalid_response(service: str) -> BadGateway:

@@ -1,9 +1,11 @@
 """Retries with exponential backoff and jitter, only where repeating a request is safe.
 
 Retried: GET, HEAD, OPTIONS, PUT, DELETE (idempotent by RFC 9110) and any request carrying an
-Idempotency-Key; on a connection failure, a timeout, or a 502/503/504 from the instance. A request whose
-body must be replayed is read into memory first, up to `buffer_limit`; a bigger or chunked body is
-streamed and gets one attempt. A fail-fast 503 (open breaker, no healthy instance) is never retried.
+Idempotency-Key; on a connection failure, a timeout, or a 502/503/504 from the instance. Any other
+request (a POST, a PATCH) is retried only when none of it reached the instance: the connection could not
+be opened (refused, unreachable, connect timeout), Envoy's `connect-failure`. A request whose body must be
+replayed is read into memory first, up to `buffer_limit`; a bigger or chunked body is streamed and gets
+one attempt. A fail-fast 503 (open breaker, no healthy instance) is never retried.
 
 Two brakes keep retries from turning an outage into a storm: an overall deadline per request (no new
 attempt starts after it, counted from the request's arrival), and a retry budget per service (retries
@@ -149,14 +151,15 @@ class RetryMiddleware(Middleware):
             retry_error_callback=_last_outcome,
             reraise=True,
         )
+        # Requests that are not idempotent: only a failure that sent nothing is repeated.
+        self.retrying_unsent = self.retrying.copy(retry=retry_if_exception(self._unsent_error))
 
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Reply:
         request = exchange.request
         self.budget.record_request()
-        if self.retries == 0 or not (
-            request.method in self.methods or "Idempotency-Key" in request.headers
-        ):
+        if self.retries == 0:
             return await call_next(exchange)
+        idempotent = request.method in self.methods or "Idempotency-Key" in request.headers
         if request.body_exists and not await self._buffer_body(exchange):
             return await call_next(exchange)
         # The first attempt runs without tenacity: a request that needs no retry (nearly all of them)
@@ -165,15 +168,15 @@ class RetryMiddleware(Middleware):
         try:
             reply = await call_next(exchange)
         except (BadGateway, GatewayTimeout) as error:
-            if exchange.upstream_fault not in _RETRYABLE_FAULTS:
+            if exchange.upstream_fault not in _RETRYABLE_FAULTS or not (idempotent or exchange.request_unsent):
                 raise
             error.__dict__["_exchange"] = exchange
             first: Reply | BaseException = error
         else:
-            if not self._retryable_reply(reply):
+            if not idempotent or not self._retryable_reply(reply):
                 return reply
             first = reply
-        retrying = self.retrying.copy()
+        retrying = (self.retrying if idempotent else self.retrying_unsent).copy()
         return await retrying(_attempt, call_next, exchange, [first])
 
     async def _buffer_body(self, exchange: Exchange) -> bool:
@@ -195,6 +198,9 @@ class RetryMiddleware(Middleware):
         if not isinstance(error, (BadGateway, GatewayTimeout)):
             return False
         return _exchange_of(error).upstream_fault in _RETRYABLE_FAULTS
+
+    def _unsent_error(self, error: BaseException) -> bool:
+        return self._retryable_error(error) and _exchange_of(error).request_unsent
 
     def _retryable_reply(self, reply: Reply) -> bool:
         return reply.upstream is not None and reply.status in self.statuses
@@ -233,6 +239,7 @@ class RetryMiddleware(Middleware):
         if exchange.upstream_fault is not None:
             self.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
         exchange.upstream_fault = None
+        exchange.request_unsent = False
         exchange.failure = None
         self.metrics.retries.labels(exchange.service, cause).inc()
 

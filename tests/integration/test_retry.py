@@ -470,3 +470,72 @@ async def test_a_reload_keeps_the_budget_spent_unless_the_window_changes(
     assert [await attempts(), await attempts()] == [2, 1]  # one more under the new floor of two, then none
     await reload(2, "20s", 3)
     assert await attempts() == 3  # a new window starts a new budget
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_request_that_never_left_is_retried_whatever_its_method(
+    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient, dead_url: str, method: str
+) -> None:
+    live = await _start(start_upstream, Scripted("live"))
+    client = await gateway_client(_registry(registry_path, dead_url, live.url))
+
+    for index in range(6):
+        body = f'{{"order": {index}}}'.encode()
+        response = await client.request(method, f"/api/v1/users/{index}", data=body)
+        assert response.status == 200
+        assert (await response.json())["upstream"] == "live"
+
+    # Each request reached the live instance exactly once, with its body; the refused attempts sent nothing.
+    assert [(seen.method, seen.raw_path, seen.body) for seen in live.received] == [
+        (method, f"/users/{index}", f'{{"order": {index}}}'.encode()) for index in range(6)
+    ]
+    await _assert_nothing_in_flight(client)
+    metrics = await _metrics(client)
+    refused = metric_value(metrics, "kadai_gateway_upstream_errors_total", service=SERVICE, kind="connect")
+    assert refused >= 1  # round robin sent some first attempts to the dead instance
+    assert metric_value(metrics, "kadai_gateway_retries_total", service=SERVICE, cause="connect") == refused
+
+
+async def test_a_post_the_instance_received_is_not_retried_when_it_breaks_off(
+    registry_path: Path, gateway_client: GatewayClient
+) -> None:
+    """The instance reads the whole request, then hangs up without answering: it may have acted on it."""
+    received: list[bytes] = []
+
+    async def read_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        received.append(await reader.readexactly(length))
+        writer.close()
+
+    server = await asyncio.start_server(read_then_hang_up, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        client = await gateway_client(_registry(registry_path, url))
+        post = await client.post("/api/v1/users/orders", data=b'{"item": 7}')
+        put = await client.put("/api/v1/users/orders/1", data=b'{"item": 8}')
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert post.status == 502
+    assert_error_envelope(await post.json(), 502, post.headers["X-Request-ID"])
+    # The POST went out once; the PUT (idempotent) was tried again, up to the retry count.
+    assert received[0] == b'{"item": 7}'
+    assert received[1:] == [b'{"item": 8}'] * 4
+    assert put.status == 502
+
+
+async def test_a_refused_post_too_big_to_replay_gets_one_attempt(
+    registry_path: Path, gateway_client: GatewayClient, dead_url: str
+) -> None:
+    client = await gateway_client(_registry(registry_path, dead_url, retry={"buffer_limit": "1KB"}))
+
+    small = await client.post("/api/v1/users/orders", data=b"x" * 1000)
+    big = await client.post("/api/v1/users/orders", data=b"x" * 1001)
+
+    assert small.status == big.status == 502
+    metrics = await _metrics(client)
+    # The small body was replayed on each of the 3 retries; the big one was streamed once.
+    assert metric_value(metrics, "kadai_gateway_retries_total", service=SERVICE, cause="connect") == 3
+    assert metric_value(metrics, "kadai_gateway_upstream_errors_total", service=SERVICE, kind="connect") == 5
