@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from gateway.whole_reply import header_block
-from tests.integration.helpers import GatewayClient, StartUpstream, parse_response, raw_exchange, users_registry
+from tests.integration.helpers import Client, GatewayClient, StartUpstream, raw_exchange, users_registry
 from tests.integration.test_reply_edges import raw_upstream
 
 
@@ -18,7 +18,9 @@ async def _hello(request: web.Request) -> web.Response:
     return web.Response(body=b'{"ok":true}', content_type="application/json")
 
 
-async def _served(registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient):  # type: ignore[no-untyped-def]
+@pytest.fixture
+async def client(registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient) -> Client:
+    """The gateway in front of an instance answering every GET with an 11-byte JSON body."""
     app = web.Application()
     app.router.add_get("/{tail:.*}", _hello)
     base = await start_upstream(app)
@@ -31,20 +33,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await asyncio.wait_for(reader.readexactly(length), 5)
 
 
-async def test_http_1_0_without_keep_alive_is_answered_and_closed(
-    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
-) -> None:
-    client = await _served(registry_path, start_upstream, gateway_client)
+async def test_http_1_0_without_keep_alive_is_answered_and_closed(client: Client) -> None:
     response = await raw_exchange(client, b"GET /api/v1/users/a HTTP/1.0\r\nHost: gw\r\n\r\n")
     assert response.status == 200
     assert response.body == b'{"ok":true}'
     assert "Connection" not in response.headers  # HTTP/1.0 closes by default; raw_exchange read to EOF
 
 
-async def test_http_1_0_keep_alive_is_kept_and_said(
-    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
-) -> None:
-    client = await _served(registry_path, start_upstream, gateway_client)
+async def test_http_1_0_keep_alive_is_kept_and_said(client: Client) -> None:
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:
         for path in (b"/api/v1/users/a", b"/api/v1/users/b"):
@@ -57,10 +53,7 @@ async def test_http_1_0_keep_alive_is_kept_and_said(
         writer.close()
 
 
-async def test_connection_close_from_an_http_1_1_client_is_honoured(
-    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
-) -> None:
-    client = await _served(registry_path, start_upstream, gateway_client)
+async def test_connection_close_from_an_http_1_1_client_is_honoured(client: Client) -> None:
     response = await raw_exchange(client, b"GET /api/v1/users/a HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
     assert response.status == 200
     assert response.headers["Connection"] == "close"
@@ -70,10 +63,7 @@ async def test_connection_close_from_an_http_1_1_client_is_honoured(
     assert response.headers["Server"]
 
 
-async def test_pipelined_requests_are_answered_in_order(
-    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
-) -> None:
-    client = await _served(registry_path, start_upstream, gateway_client)
+async def test_pipelined_requests_are_answered_in_order(client: Client) -> None:
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:
         writer.write(b"".join(
