@@ -13,6 +13,7 @@ from gateway.telemetry import GatewayMetrics
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
     from gateway.auth.verifier import TokenVerifier
     from gateway.upstream import UpstreamPool
@@ -34,7 +35,7 @@ class Resources:
     draining: bool = False
     """Set once shutdown starts: health answers 503 so load balancers stop sending traffic."""
     reload_status: ReloadStatus | None = None
-    redis: Redis | None = None
+    redis: Redis | RedisCluster | None = None
     """The process's Redis client (rate limits, response cache); open while the app runs."""
     verifier: TokenVerifier | None = None
     """The process's JWT verifier (its cache of verified tokens outlives registry reloads); set while the app runs."""

@@ -68,6 +68,8 @@ class Settings:
     jwt_jwks_refresh_interval: float = 10.0
     """Shortest time between two JWKS fetches, however many unknown kids arrive."""
     redis_url: str = DEFAULT_REDIS_URL
+    redis_cluster: bool = False
+    """REDIS_URL names one node of a Redis Cluster: commands go to the node owning each key's slot."""
     amqp_url: str = DEFAULT_AMQP_URL
     log_level: str = "INFO"
     registry_path: str = "registry.yaml"
@@ -109,6 +111,7 @@ class Settings:
         return {
             "env": self.env,
             "redisUrl": mask_url(self.redis_url),
+            "redisCluster": self.redis_cluster,
             "amqpUrl": mask_url(self.amqp_url),
             "jwtSecret": secret_state,
             "jwt": {
@@ -166,6 +169,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if problem:
             problems.append(f"{var}: {problem}")
 
+    cluster_text = env.get("REDIS_CLUSTER", "false").strip().lower()
+    redis_cluster = cluster_text in ("true", "1", "yes")
+    if cluster_text not in ("true", "1", "yes", "false", "0", "no", ""):
+        problems.append(f"REDIS_CLUSTER: expected true or false, got {cluster_text!r}")
+    elif redis_cluster and (redis_url == MEMORY_URL or redis_url.startswith("unix")):
+        problems.append("REDIS_CLUSTER: needs REDIS_URL to name a node of the cluster (redis:// or rediss://)")
+
     level = env.get("LOG_LEVEL", "INFO").strip().upper()
     if level not in _LOG_LEVELS:
         problems.append(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
@@ -194,6 +204,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         env=mode,  # type: ignore[arg-type]
         **jwt_settings,  # type: ignore[arg-type]
         redis_url=redis_url,
+        redis_cluster=redis_cluster,
         amqp_url=amqp_url,
         log_level=level,
         registry_path=env.get("KADAI_REGISTRY", "registry.yaml"),

@@ -162,11 +162,13 @@ def process_limiter(resources: Resources) -> Limiter:
     url = resources.settings.redis_url
     if resources.settings.embedded_redis:
         backend = InProcessBackend()  # REDIS_URL=memory://: one process enforces its own limits
-    elif url.startswith(("redis://", "unix://")):
+    elif url.startswith(("redis://", "unix://")) and not resources.settings.redis_cluster:
         # Its own pipelined connection: one write per event-loop tick instead of redis-py per request.
         backend = BatchedRedisBackend(url)
     else:
-        backend = RedisBackend(lambda: resources.redis)  # rediss:// (TLS) goes through redis-py
+        # rediss:// (TLS) and Redis Cluster go through redis-py, which routes each decision to the node
+        # owning its client's slot (the keys of one decision share a {hash tag}).
+        backend = RedisBackend(lambda: resources.redis)
     limiter = Limiter(backend, resources.metrics)
     resources.components[COMPONENT] = limiter
     return limiter

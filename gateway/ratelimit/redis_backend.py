@@ -13,6 +13,7 @@ from gateway.ratelimit.buckets import Decision, LimiterBackend, Plan
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
 SCRIPT = files("gateway.ratelimit").joinpath("token_bucket.lua").read_bytes()
 SCRIPT_SHA = hashlib.sha1(SCRIPT, usedforsecurity=False).hexdigest()
@@ -27,7 +28,7 @@ class RedisBackend(LimiterBackend):
 
     kind: ClassVar[str] = "redis"
 
-    def __init__(self, client: Callable[[], Redis | None]) -> None:
+    def __init__(self, client: Callable[[], Redis | RedisCluster | None]) -> None:
         self.client = client
         self.script_loads = 0
         """Times the script was (re)loaded into Redis: once at first use, again after a NOSCRIPT."""
@@ -49,7 +50,7 @@ class RedisBackend(LimiterBackend):
             return Decision(True, tier - 1, amount, reset_ms, 0)
         return Decision(False, tier - 1, 0, reset_ms, amount)
 
-    async def load(self, redis: Redis) -> None:
+    async def load(self, redis: Redis | RedisCluster) -> None:
         sha = await redis.script_load(SCRIPT)  # type: ignore[misc]
         self.script_loads += 1
         if isinstance(sha, bytes):

@@ -148,6 +148,7 @@ def test_public_view_hides_secrets() -> None:
     assert view == {
         "env": "development",
         "redisUrl": "redis://127.0.0.1:6379/0",
+        "redisCluster": False,
         "amqpUrl": "amqp://u:***@h:5672/",
         "jwtSecret": "set",
         "jwt": {
