@@ -152,7 +152,7 @@ class TokenVerifier:
             raise _bad_signature()
         key = await self._key_for(alg, header.get("kid"))
         claims = self._decode(token, key, alg)
-        self.cache.put(token, claims)
+        self.cache.put(token, claims, now)
         return claims
 
     async def _key_for(self, alg: str, kid: str | None) -> bytes | PublicKey:

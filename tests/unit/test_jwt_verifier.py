@@ -334,3 +334,30 @@ def test_jwk_with_private_parts_only_verifies() -> None:
     key = key_from_jwk(entry, ("RS256",))
     assert not hasattr(key.key, "sign")
     assert key.algorithms == frozenset({"RS256"}) and key.kid == "priv"
+
+
+def test_cache_drops_tokens_gone_idle_or_expired_as_new_ones_arrive() -> None:
+    cache = VerifiedTokenCache(100, idle=300)
+    start = 1_000_000.0
+    cache.put("login-1", claims_until(start + 3600), start)
+    cache.put("short", claims_until(start + 10), start)
+    cache.put("in-use", claims_until(start + 3600), start)
+    assert cache.get("in-use", start + 200) is not None  # used: it stays
+
+    cache.put("login-2", claims_until(start + 3600), start + 301)
+
+    # login-1 sat idle past 300 s and "short" expired: gone; the token in use and the new one stay.
+    assert len(cache) == 2
+    assert cache.get("in-use", start + 302) is not None and cache.get("login-2", start + 302) is not None
+    assert cache.get("login-1", start + 302) is None
+
+
+def test_cache_size_follows_the_tokens_in_use_not_every_login() -> None:
+    cache = VerifiedTokenCache(10_000, idle=300)
+    now = 1_000_000.0
+    for login in range(2_000):  # a login every 2 s for over an hour, each token used for a minute
+        now += 2
+        cache.put(f"token-{login}", claims_until(now + 3600), now)
+        for earlier in range(max(0, login - 30), login):
+            cache.get(f"token-{earlier}", now)
+    assert len(cache) <= 300 // 2 + 31  # tokens used within the idle window, not 2,000
