@@ -9,7 +9,7 @@
   adjustment off) maps each such buffer and unmaps it when freed; the same load then grew about half as
   fast, and with the token cache's idle eviction a quarter as fast
   (README, "Proof that it holds"). Measured alternatives: a 1 MiB threshold grew as before; malloc_trim()
-  every minute halved the growth. The cost is three system calls per socket read, a few microseconds:
+  every minute barely slowed it. The cost is three system calls per socket read, a few microseconds:
   nothing next to a service's request, but a fifth of the gateway's CPU per proxied request in the
   benchmark. So the services' commands pin it and `kadai gateway` does not: its memory is flat without
   (`ops/bench/run --soak`).
