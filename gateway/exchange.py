@@ -59,6 +59,7 @@ class Exchange:
         "failure",
         "upstream_fault",
         "request_unsent",
+        "deadline",
         "finish_hooks",
         "state",
     )
@@ -102,6 +103,9 @@ class Exchange:
         self.request_unsent = False
         """The last attempt failed before any of the request reached the instance (no connection could
         be opened): repeating it is safe whatever the method."""
+        self.deadline: float | None = None
+        """perf_counter() time by which an upstream attempt must end, or None for the route's timeouts
+        alone. The retry middleware sets it for retries, so that they end by its overall deadline."""
         self.finish_hooks: list[Callable[[Exchange], None]] = []
         self.state: dict[str, Any] = {}
         """Free space for third-party middleware."""

@@ -5,6 +5,7 @@ Bodies stream in both directions; nothing larger than a socket read sits in memo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -135,6 +136,7 @@ class Forwarder:
         pool = self.resources.pool
         assert pool is not None and instance.origin is not None, "the upstream pool opens with the app"
         timeout = exchange.route.timeout  # type: ignore[union-attr]
+        total = timeout.total if exchange.deadline is None else _within(timeout.total, exchange.deadline)
         request = exchange.request
         target = instance.base_path + exchange.upstream_path
         length = request.content_length if body is not None and not isinstance(body, bytes) else None
@@ -148,7 +150,7 @@ class Forwarder:
                     body,
                     connect_timeout=timeout.sock_connect,
                     read_timeout=timeout.sock_read,
-                    total_timeout=timeout.total,
+                    total_timeout=total,
                     content_length=length,
                 )
             except UpstreamResetError as exc:
@@ -164,12 +166,15 @@ class Forwarder:
         assert session is not None, "the upstream session opens with the app"
         route = exchange.route
         assert route is not None
+        timeout = route.timeout
+        if exchange.deadline is not None:
+            timeout = dataclasses.replace(timeout, total=_within(timeout.total, exchange.deadline))
         return await session.request(
             exchange.request.method,
             URL(instance.url + exchange.upstream_path, encoded=True),
             headers=exchange.upstream_headers,
             data=body,
-            timeout=route.timeout,
+            timeout=timeout,
             allow_redirects=False,
         )
 
@@ -197,6 +202,12 @@ class Forwarder:
         exchange.release_instance()
         if exchange.upstream_fault is not None:
             self.resources.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
+
+
+def _within(total: float | None, deadline: float) -> float:
+    """The route's total timeout, shortened to end by deadline (a perf_counter() time)."""
+    left = max(deadline - time.perf_counter(), 0.001)
+    return left if total is None else min(total, left)
 
 
 def _never_sent(exc: BaseException) -> bool:

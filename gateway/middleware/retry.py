@@ -8,7 +8,8 @@ replayed is read into memory first, up to `buffer_limit`; a bigger or chunked bo
 one attempt. A fail-fast 503 (open breaker, no healthy instance) is never retried.
 
 Two brakes keep retries from turning an outage into a storm: an overall deadline per request (no new
-attempt starts after it, counted from the request's arrival), and a retry budget per service (retries
+attempt starts after it, counted from the request's arrival, and a retry still running there is cut
+off with a 504; the first attempt keeps the route's own timeouts), and a retry budget per service (retries
 at most `budget.ratio` of the service's recent requests, plus a small floor), the policy of Envoy and
 Finagle.
 """
@@ -62,7 +63,7 @@ class RetryConfig(MiddlewareConfig):
     max_backoff: Duration = Field(2.0, gt=0, description="Longest wait between two attempts.")
     jitter: Duration = Field(0.1, ge=0, description="Random extra wait (0 to this) added to each backoff.")
     deadline: Duration = Field(
-        15.0, gt=0, description="No attempt starts later than this after the request arrived."
+        15.0, gt=0, description="Retries start and end within this time after the request arrived."
     )
     buffer_limit: ByteSize = Field(
         1_048_576, ge=0, description="Largest request body kept in memory to be replayed by a retry."
@@ -226,6 +227,8 @@ class RetryMiddleware(Middleware):
         exchange = _state_exchange(state)
         outcome = state.outcome
         assert outcome is not None
+        # A retry may not outlive the overall deadline: its total timeout ends there (504 when it does).
+        exchange.deadline = exchange.started + self.deadline
         if exchange.instance is not None:  # the next attempt goes to another instance when there is one
             exchange.tried = (*(exchange.tried or ()), exchange.instance)
         if outcome.failed:
