@@ -5,7 +5,7 @@ tables) and had its effects once (orders, payments, messages, analytics, stock).
 
 The broker outage is a relay between the platform and RabbitMQ that drops every connection and refuses new
 ones: the shared broker itself keeps running for the rest of the suite. KADAI_FAULTS_OUTAGE sets its length
-in seconds (default 15; `KADAI_FAULTS_OUTAGE=60` for the issue's minute).
+in seconds (default 60, the minute the platform promises to ride out; shorten it for a quick local run).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from tests.support import REPO, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq]
 
-OUTAGE = float(os.environ.get("KADAI_FAULTS_OUTAGE", "15"))
+OUTAGE = float(os.environ.get("KADAI_FAULTS_OUTAGE", "60"))
 ORDER_INTERVAL = 0.2
 """Pause between orders: 5 a second over 3 buyers stays well inside each buyer's rate limit."""
 BUYERS = 3
