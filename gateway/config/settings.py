@@ -25,6 +25,9 @@ MEMORY_URL = "memory://"
 """REDIS_URL / AMQP_URL value for the embedded backends of one development process: the in-process rate
 limiter (no response cache) and the in-process event bus. Refused in production."""
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEV_PASSWORDS = frozenset({"kadai123", "guest"})
+"""Passwords of the development set-up (the spec's kadai/kadai123, RabbitMQ's guest/guest): refused in
+backend URLs in production."""
 
 
 def mask_url(url: str) -> str:
@@ -128,6 +131,17 @@ class Settings:
         }
 
 
+def development_credentials_problem(url: str) -> str | None:
+    """Why a backend URL may not be used in production: it logs in with a development password."""
+    try:
+        password = URL(url).password
+    except (ValueError, TypeError):
+        return None  # reported as an invalid URL elsewhere
+    if password in DEV_PASSWORDS:
+        return "its credentials are the development ones (kadai/kadai123, guest/guest): refused when KADAI_ENV=production"
+    return None
+
+
 def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
     *first, last = [f"{scheme}://" for scheme in schemes]
     expected = f"{', '.join(first)} or {last}"
@@ -166,6 +180,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 problems.append(f"{var}: {MEMORY_URL} (in-process) is for development, not KADAI_ENV=production")
             continue
         problem = _url_problem(url, schemes)
+        if problem is None and mode == "production" and var in env:
+            # Only a URL that is set: the gateway does not use AMQP_URL, so its default is never in use.
+            problem = development_credentials_problem(url)
         if problem:
             problems.append(f"{var}: {problem}")
 

@@ -54,6 +54,26 @@ def test_values_are_read_and_normalised() -> None:
 
 
 @pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("AMQP_URL", "amqp://kadai:kadai123@mq:5672/"),
+        ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+        ("REDIS_URL", "redis://:kadai123@cache:6379/0"),
+    ],
+    ids=["amqp-spec-credentials", "amqp-guest", "redis-spec-password"],
+)
+def test_production_refuses_the_development_credentials(variable: str, url: str) -> None:
+    production = {"KADAI_ENV": "production", "JWT_SECRET": STRONG_SECRET}
+    problems = problems_of({**production, variable: url})
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{variable}: ") and "development ones" in problems[0]
+    assert "kadai123@" not in problems[0] and "guest@" not in problems[0]
+    # The same URL is fine outside production, and the gateway's unused AMQP default is not held against it.
+    load_settings({variable: url})
+    load_settings(production)
+
+
+@pytest.mark.parametrize(
     ("environ", "variable", "reason"),
     [
         ({"KADAI_ENV": "production"}, "JWT_SECRET", "required when KADAI_ENV=production"),
