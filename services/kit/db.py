@@ -281,7 +281,9 @@ class Database:
     async def ping(self, timeout: float = 1.0) -> bool:
         """Whether the file answers a query in time (health)."""
         try:
-            await asyncio.wait_for(self.fetchone("SELECT 1"), timeout)
+            # The schema cookie is read from the file's header; SELECT 1 touches no page and answers even
+            # when the file can no longer be read.
+            await asyncio.wait_for(self.fetchone("PRAGMA schema_version"), timeout)
         except (sqlite3.Error, TimeoutError, RuntimeError, ValueError):
             return False
         return True

@@ -4,7 +4,9 @@ step per line. A step that fails prints the request and the response it got, and
     seller registers, logs in, creates a product (stock 10) and one whose price the simulated card
     processor declines (cents ending in 13) -> customer registers, logs in, orders 2 of the first ->
     order paid -> stock 8 -> an SMS about the order recorded -> the seller's analytics show the revenue ->
-    customer orders the declined product -> order payment_failed -> its stock back to 10
+    customer orders the declined product -> order payment_failed -> its stock back to 10 -> the seller
+    brings the first product's stock below its low-stock threshold -> a low-stock SMS to the seller is
+    recorded -> the product's analytics show both stock movements
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ PRICE_CENTS = 2500
 DECLINED_PRICE_CENTS = 1013
 """payment-service's simulator declines amounts whose cents end in 13 (services/payment/processor.py)."""
 QUANTITY = 2
+LOW_STOCK_MARGIN = 2
+"""The stock update sets the level this many units below the product's lowStockThreshold (0 at least)."""
 PASSWORD = "kadai demo password"
 EVENT_TIMEOUT = 15.0
 """Longest wait for what events bring about (payment, stock, notification, analytics)."""
@@ -237,6 +241,52 @@ class Demo:
             data = answer.data
             return f"{money(amount, currency)} from {data['paidOrders']} paid order, {data['unitsSold']} units sold"
 
+        async def low_stock() -> str:
+            lamp = state["product"]
+            level = max(lamp["lowStockThreshold"] - LOW_STOCK_MARGIN, 0)
+            path = f"/api/v1/products/{lamp['id']}/stock"
+            answer = await api.call("PATCH", path, token=state["seller_token"], body={"stock": level})
+            product = (answer.data or {}).get("product") or {}
+            if answer.status != 200 or (product.get("stock"), product.get("lowStock")) != (level, True):
+                raise StepFailed(f"expected 200 with stock {level} and lowStock true", answer)
+            state["low_stock"] = level
+            return f"{STOCK - QUANTITY} -> {level} (PATCH /api/v1/products/{{id}}/stock), lowStock true"
+
+        async def low_stock_notified() -> str:
+            lamp = state["product"]
+            path = "/api/v1/notifications?template=stock.low"
+
+            async def check() -> tuple[bool, Answer | None, str]:
+                answer = await api.call("GET", path, token=state["seller_token"])
+                items = (answer.data or {}).get("items", []) if answer.status == 200 else []
+                sms = [item for item in items if item.get("productId") == lamp["id"] and item.get("channel") == "sms"]
+                state["low_sms"] = sms
+                return bool(sms), answer, "no low-stock SMS to the seller"
+
+            await poll(check)
+            sms = state["low_sms"][0]
+            return f"to {sms['to']}: {sms['message']!r} ({sms['status']})"
+
+        async def stock_movements() -> str:
+            lamp = state["product"]
+            path = f"/api/v1/analytics/products/{lamp['id']}"
+            level = state["low_stock"]
+
+            async def check() -> tuple[bool, Answer | None, str]:
+                answer = await api.call("GET", path, token=state["seller_token"])
+                data = (answer.data or {}) if answer.status == 200 else {}
+                moved = data.get("stockMovements", {}).get("count")
+                seen = (moved, data.get("currentStock"), data.get("lowStock"))
+                return seen == (2, level, True), answer, f"movements {moved}, stock {data.get('currentStock')}"
+
+            answer, _ = await poll(check)
+            assert answer is not None
+            moves = answer.data["stockMovements"]
+            return (
+                f"{moves['count']} movements ({moves['unitsOut']} units out, {moves['unitsIn']} in), "
+                f"stock {answer.data['currentStock']}, low"
+            )
+
         await self.step("the gateway answers (GET /api/v1/health)", health)
         await self.step("register a seller", lambda: register("seller"))
         await self.step("log in as the seller", lambda: login("seller"))
@@ -255,6 +305,10 @@ class Demo:
         await self.step("order the vase (declined card)", lambda: order("failed_order", "declined_product", 1))
         await self.step("the payment fails", order_status("failed_order", "payment_failed"))
         await self.step("the stock is released", stock_is("declined_product", STOCK, "released"))
+        threshold = state["product"]["lowStockThreshold"]
+        await self.step(f"lower the lamp's stock (low at or below {threshold})", low_stock)
+        await self.step("the seller got a low-stock SMS", low_stock_notified)
+        await self.step("the lamp's analytics show the stock movements", stock_movements)
 
 
 def _indent(text: str) -> str:

@@ -29,7 +29,13 @@ StartUp = Callable[[Path, dict[str, str]], UpProcess]
 REDIS_PASSWORD = "r3dis-pw-not-for-logs"
 AMQP_PASSWORD = "amqp-pw-not-for-logs"
 STRONG_SECRET = "a-production-secret-of-more-than-32-characters"
-DEMO_STEPS = 15
+DEMO_STEPS = 18
+LOW_STOCK_STEPS = {
+    "lower the lamp's stock (low at or below 5)": "8 -> 3 (PATCH /api/v1/products/{id}/stock), lowStock true",
+    "the seller got a low-stock SMS": "left.' (",
+    "the lamp's analytics show the stock movements": "2 movements (7 units out, 0 in), stock 3, low",
+}
+"""The stock-update flow's steps (after the paid and the failed-payment paths) and what each shows."""
 
 
 def line_of(text: str, label: str) -> str:
@@ -53,7 +59,24 @@ async def run_demo(process: UpProcess) -> str:
     result = await asyncio.to_thread(run_kadai, ["demo", "--url", process.url], env=process.env, timeout=90)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{process.describe()}"
     assert f"demo OK: {DEMO_STEPS} steps" in result.stdout
+    shown = step_results(result.stdout)
+    assert list(shown)[-len(LOW_STOCK_STEPS):] == list(LOW_STOCK_STEPS)
+    for title, expected in LOW_STOCK_STEPS.items():
+        assert expected in shown[title], f"{title}: {shown[title]}"
+    sms = shown["the seller got a low-stock SMS"]
+    assert sms.startswith("to demo-seller-") and "'Kadai: low stock for product prod_" in sms and ": 3 left.'" in sms
     return result.stdout
+
+
+def step_results(stdout: str) -> dict[str, str]:
+    """Title -> what the step printed after "ok", for each numbered step line of `kadai demo`."""
+    results = {}
+    for line in stdout.splitlines():
+        number, _, rest = line.strip().partition(". ")
+        if number.isdigit() and " ok  " in rest:
+            title, _, shown = rest.partition(" ok  ")
+            results[title.rstrip(". ")] = shown
+    return results
 
 
 def assert_services_reported(text: str, ports: dict[str, int]) -> list[str]:

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from services.catalog import CATALOG
 from tests.process.helpers import clean_env, json_lines, run_kadai, wait_until
 from tests.support import REPO, free_port
 
@@ -85,3 +89,75 @@ def test_dead_letters_need_a_broker() -> None:
 
     assert result.returncode == 2
     assert "the in-process bus keeps dead letters inside the running service" in result.stderr
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def catalogue_port(name: str) -> list[str]:
+    """No --port (the catalogue's port) when that port is free. A developer's own platform may hold it:
+    then a free port, except under CI, where the start on the catalogue port is what is tested."""
+    port = CATALOG[name].port
+    if port_free(port):
+        return []
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"port {port} ({name}'s default) is in use: `kadai service {name}` cannot be tested on it")
+    return ["--port", str(free_port())]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CATALOG), ids=list(CATALOG))
+async def test_kadai_service_runs_each_catalogue_service_on_its_port(tmp_path: Path, name: str) -> None:
+    override = catalogue_port(name)
+    port = int(override[1]) if override else CATALOG[name].port
+    env = clean_env(
+        AMQP_URL="memory://", KADAI_DATA_DIR=str(tmp_path / "data"), USER_SCRYPT_COST="10", PYTHONUNBUFFERED="1"
+    )
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "service", name, "--host", "127.0.0.1", *override],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    health: dict[str, Any] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def answers() -> bool:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                        health.update(await response.json())
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_until(answers, 20, f"{name} to answer on port {port}")
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(process.wait, 15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name} still running 15 s after SIGTERM; its log:\n{log_path.read_text()}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert code == 0, log_path.read_text()
+    data = health["data"]
+    assert (data["service"], data["status"]) == (name, "ok")
+    assert data["checks"]["database"] == {"status": "up"}
+    lines = json_lines(log_path.read_text())
+    assert {line["service"] for line in lines} == {name}
+    assert any(line["message"] == f"{name} listening on http://127.0.0.1:{port}" for line in lines)
+    assert lines[-1]["message"] == f"{name} stopped"
+    assert (tmp_path / "data" / f"{name}.sqlite3").exists()

@@ -9,6 +9,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
@@ -18,13 +20,23 @@ from yarl import URL
 
 from gateway.cli import main as kadai
 from services.events.bus import Topology
+from services.events.event import Event
 from services.events.outbox import OutboxRelay
+from services.kit import EventContext, Routes, Service
 from services.notification import SERVICE as NOTIFICATIONS
 from services.user import SERVICE as USERS
 from tests.process.helpers import wait_until
 from tests.services import demo
 from tests.services.conftest import DROPPED_CONNECTION_WARNING, MakeSettings, Serve
-from tests.services.helpers import EventProbe, Served, TcpRelay, bearer, close_from_broker, event_body
+from tests.services.helpers import (
+    EventProbe,
+    Served,
+    TcpRelay,
+    bearer,
+    close_from_broker,
+    event_body,
+    rabbitmqctl,
+)
 from tests.support import REPO, free_port
 
 pytestmark = pytest.mark.rabbitmq
@@ -421,3 +433,105 @@ async def test_publishers_can_be_told_not_to_declare_consumers(
 ) -> None:
     users = await serve(USERS, make_settings(amqp_url=rabbitmq_server, declare_consumers=False))
     assert users.runtime.bus.consumers == {}  # type: ignore[attr-defined]
+
+
+async def broker_list(url: str, kind: str, *columns: str) -> dict[str, list[str]]:
+    """`rabbitmqctl list_<kind> name COLUMNS` in the vhost of url: name -> the other columns."""
+    tool = rabbitmqctl()
+    vhost = URL(url).path[1:] or "/"
+    command = [tool, f"list_{kind}", "-p", vhost, "name", *columns, "-q", "--no-table-headers"]
+    result = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines() if line]
+    return {row[0]: row[1:] for row in rows}
+
+
+async def test_the_exchange_and_every_queue_are_durable(
+    serve: Serve, make_settings: MakeSettings, rabbitmq_server: str, events_prefix: str
+) -> None:
+    consumer = await serve(demo.consumer(demo.Controls()), make_settings(amqp_url=rabbitmq_server))
+    publisher = await serve(demo.publisher(), make_settings(amqp_url=rabbitmq_server))
+    await consuming(consumer)
+    await wait_until(lambda: publisher.runtime.bus.connected, 10, "the publisher's connection")
+
+    exchanges = await broker_list(rabbitmq_server, "exchanges", "type", "durable")
+    queues = await broker_list(rabbitmq_server, "queues", "durable")
+
+    assert exchanges[Topology(events_prefix, "-").exchange] == ["topic", "true"]
+    own = Topology(events_prefix, "analytics-service")
+    assert {name: queues[name] for name in own.queues} == {name: ["true"] for name in own.queues}
+    # The publisher declared the queue of every catalogue consumer, the same way.
+    declared = {name: durable for name, durable in queues.items() if name.startswith(f"{events_prefix}.")}
+    catalogue = publisher.runtime.bus.consumers  # type: ignore[attr-defined]
+    consumers = {Topology(events_prefix, name).queue for name in catalogue if name != "product-service"}
+    assert len(consumers) >= 5 and consumers <= set(declared)
+    assert all(durable == ["true"] for durable in declared.values()), declared
+
+
+async def test_a_consumer_holds_no_more_unacknowledged_events_than_its_prefetch(
+    serve: Serve, make_settings: MakeSettings, probe: EventProbe, rabbitmq_server: str, events_prefix: str
+) -> None:
+    controls = demo.Controls(gate=asyncio.Event())
+    service = await serve(demo.consumer(controls), make_settings(amqp_url=rabbitmq_server, prefetch=2))
+    await consuming(service)
+    queue = Topology(events_prefix, "analytics-service").queue
+    events = [event_body(demo.THING_CREATED, {"name": f"thing {number}"}) for number in range(5)]
+
+    for event in events:
+        await probe.publish(event)
+
+    async def counts() -> list[str]:
+        return (await broker_list(rabbitmq_server, "queues", "messages_ready", "messages_unacknowledged"))[queue]
+
+    await wait_until(lambda: _counts_are(counts, ["3", "2"]), 10, "2 deliveries in progress, 3 ready")
+    await wait_until(controls.entered.is_set, 5, "the first handler")
+    await asyncio.sleep(0.5)
+    assert await counts() == ["3", "2"]  # still: the consumer takes no more while 2 are unacknowledged
+    assert 1 <= len(controls.calls) <= 2
+    assert controls.gate is not None
+    controls.gate.set()
+    await wait_until(lambda: _count_effects(service, 5), 10, "every event handled")
+    assert sorted(event_id for event_id, _name in await effects(service)) == sorted(event.id for event in events)
+    await wait_until(lambda: _counts_are(counts, ["0", "0"]), 10, "the queue to empty")
+
+
+async def _counts_are(counts: Callable[[], Awaitable[list[str]]], expected: list[str]) -> bool:
+    return await counts() == expected
+
+
+async def _count_effects(service: Served, count: int) -> bool:
+    return len(await effects(service)) == count
+
+
+def failing_consumer(calls: list[tuple[int, float]]) -> Service:
+    """analytics-service with a handler that always fails, recording (attempt, monotonic time) of each call."""
+
+    async def on_thing(event: Event, ctx: EventContext) -> None:
+        calls.append((ctx.attempt, time.monotonic()))
+        raise ValueError("always fails")
+
+    return Service(name="analytics-service", port=3007, routes=Routes(), handlers={demo.THING_CREATED: on_thing})
+
+
+@pytest.mark.slow
+async def test_a_failed_event_waits_the_retry_delay_before_each_new_attempt(
+    serve: Serve, make_settings: MakeSettings, probe: EventProbe, rabbitmq_server: str, events_prefix: str
+) -> None:
+    delay = 1.0
+    calls: list[tuple[int, float]] = []
+    service = await serve(
+        failing_consumer(calls), make_settings(amqp_url=rabbitmq_server, retry_delay=delay, max_attempts=3)
+    )
+    await consuming(service)
+
+    await probe.publish(event_body(demo.THING_CREATED, {"name": "slow retry"}))
+
+    await wait_until(
+        lambda: service.metric("kadai_service_dead_letters_total", type=demo.THING_CREATED) == 1, 20, "the dead letter"
+    )
+    assert [attempt for attempt, _at in calls] == [1, 2, 3]
+    gaps = [later - earlier for (_, earlier), (_, later) in zip(calls, calls[1:])]
+    assert all(delay <= gap < delay + 5 for gap in gaps), gaps
+    await wait_until(
+        lambda: _ready(probe, Topology(events_prefix, "analytics-service").dead_letter_queue, 1), 5, "the dead letter"
+    )

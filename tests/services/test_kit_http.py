@@ -2,8 +2,12 @@
 metrics and calls between services."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import sqlite3
 import warnings
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,13 +17,13 @@ from jwt.warnings import InsecureKeyLengthWarning
 from multidict import CIMultiDictProxy
 
 from gateway.config.settings import Settings
-from services.kit import ServiceSettings
+from services.kit import Call, Routes, Service, ServiceSettings
 from services.kit.tokens import TokenSigner
 from tests.integration.helpers import GENERATED_ID, TIMESTAMP
-from tests.process.helpers import wait_until
+from tests.process.helpers import connect_refused, wait_until
 from tests.services import demo
 from tests.services.conftest import MakeSettings, Serve
-from tests.services.helpers import bearer, token
+from tests.services.helpers import Served, bearer, token
 from tests.support import free_port
 
 ERROR_KEYS = {"success", "error", "statusCode", "timestamp", "requestId"}
@@ -261,6 +265,104 @@ async def test_health_reports_dependencies_and_stays_up_without_the_broker(
     assert checks["bus"]["status"] == "down" and checks["bus"]["kind"] == "rabbitmq"
     assert "secret-pw" not in str(reply)
     assert checks["outbox"]["pending"] == 0
+
+
+SQLITE_HEADER = 100
+"""Bytes of an SQLite file's header; a file whose header is garbage is "not a database"."""
+
+
+def corrupt_header(database: Path) -> bytes:
+    """Overwrite the database file's header as a failing disk would; returns the original bytes.
+
+    The WAL is checkpointed into the file first (and emptied), so the service's connections must read the
+    file itself on their next query."""
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    with database.open("r+b") as file:
+        original = file.read(SQLITE_HEADER)
+        file.seek(0)
+        file.write(b"\xde\xad" * (SQLITE_HEADER // 2))
+    return original
+
+
+def restore_header(database: Path, original: bytes) -> None:
+    with database.open("r+b") as file:
+        file.write(original)
+    # A connection that met the bad header reads the file again once another one has written to it.
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE repaired (at TEXT)")
+        conn.execute("DROP TABLE repaired")
+
+
+async def test_health_is_503_down_while_the_database_fails_and_up_again_after(
+    serve: Serve, make_settings: MakeSettings
+) -> None:
+    settings = make_settings()
+    service = await serve(demo.publisher(), settings)
+    await fetch("POST", service.url + "/things", headers=bearer(settings), json={"name": "cup", "quantity": 1})
+    await wait_until(lambda: _outbox_empty(service), 5, "the relay")
+    database = settings.database_path(service.runtime.name)
+
+    original = corrupt_header(database)
+    try:
+        code, reply, headers = await fetch("GET", service.url + "/health")
+        things, _, _ = await fetch("GET", service.url + "/things", headers=bearer(settings))
+    finally:
+        restore_header(database, original)
+    recovered, after, _ = await fetch("GET", service.url + "/health")
+
+    assert code == 503
+    assert_error(reply, 503, headers)
+    assert reply["error"] == "product-service is down"
+    report = reply["details"]
+    assert report["status"] == "down"
+    assert report["checks"]["database"] == {"status": "down"}
+    assert report["checks"]["outbox"] == {"status": "unknown"}
+    assert things == 500  # what health reported: the service cannot read its data
+    assert (recovered, after["data"]["status"], after["data"]["checks"]["database"]) == (200, "ok", {"status": "up"})
+
+
+async def _outbox_empty(service: Served) -> bool:
+    return await service.runtime.relay.pending() == (0, 0.0)
+
+
+def gated_service(entered: asyncio.Event, gate: asyncio.Event) -> Service:
+    """A service whose GET /slow waits for the test's gate before it answers."""
+    routes = Routes()
+
+    @routes.get("/slow")
+    async def slow(call: Call) -> dict[str, object]:
+        entered.set()
+        await gate.wait()
+        return {"finished": True}
+
+    return Service(name="product-service", port=3002, routes=routes)
+
+
+async def test_shutdown_sets_draining_while_a_request_finishes(serve: Serve, make_settings: MakeSettings) -> None:
+    entered, gate = asyncio.Event(), asyncio.Event()
+    settings = make_settings()
+    service = await serve(gated_service(entered, gate), settings)
+    runtime = service.runtime
+    port = int(service.url.rsplit(":", 1)[1])
+    assert (await runtime.health())[1]["status"] == "ok"
+    request = asyncio.create_task(fetch("GET", service.url + "/slow", headers=bearer(settings)))
+    await asyncio.wait_for(entered.wait(), 5)
+
+    # The runner's cleanup is what SIGTERM runs in `kadai service` (services/kit/server.py).
+    stopping = asyncio.create_task(service.stop())
+    await wait_until(lambda: runtime.draining, 5, "shutdown to start draining")
+    healthy, report = await runtime.health()
+    refused = await connect_refused(port)
+    assert not request.done() and not stopping.done()
+    gate.set()
+    code, reply, _ = await asyncio.wait_for(request, 5)
+    await asyncio.wait_for(stopping, 5)
+
+    assert (healthy, report["status"]) == (False, "draining")
+    assert refused  # the listener closed first: no new requests while the last ones finish
+    assert (code, reply["data"]) == (200, {"finished": True})
 
 
 async def test_health_is_503_while_draining(serve: Serve, make_settings: MakeSettings) -> None:

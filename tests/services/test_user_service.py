@@ -1,14 +1,19 @@
 """user-service through real HTTP: registration, login, refresh tokens, the profile, and its events."""
 from __future__ import annotations
 
+import time
+import warnings
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
+from jwt.warnings import InsecureKeyLengthWarning
 
 from gateway.auth import TokenVerifier
 from services.events import USER_CREATED, USER_UPDATED
 from services.user import SERVICE
+from services.user.config import UserConfig
 from tests.services.conftest import MakeSettings, Serve
 from tests.services.helpers import EventProbe, Served, bearer
 
@@ -128,6 +133,34 @@ async def test_login_issues_a_token_the_platform_verifies(users: Served) -> None
     claims = await TokenVerifier(users.settings.platform).verify(tokens["accessToken"])
     assert (claims.sub, claims.email, claims.role) == (user["id"], "ann@example.com", "customer")
     assert tokens["refreshToken"].startswith("rt_")
+
+
+@pytest.mark.parametrize(
+    ("environ", "ttl"),
+    [({}, 3600), ({"USER_ACCESS_TOKEN_TTL": "15m"}, 900)],
+    ids=["default-ttl", "configured-ttl"],
+)
+async def test_the_login_token_is_issued_now_for_the_access_token_ttl(
+    serve: Serve, make_settings: MakeSettings, environ: dict[str, str], ttl: int
+) -> None:
+    service = await serve(SERVICE, make_settings(environ=environ))
+    await register(service)
+
+    before = int(time.time())
+    tokens = await login(service)
+    after = int(time.time())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)  # the spec's development secret is short
+        claims = jwt.decode(
+            tokens["accessToken"],
+            service.settings.platform.jwt_secret,
+            algorithms=["HS256"],
+            options={"require": ["sub", "email", "role", "iat", "exp"]},
+        )
+    assert service.runtime.config(UserConfig).access_token_ttl == ttl
+    assert before <= claims["iat"] <= after
+    assert claims["exp"] - claims["iat"] == ttl == tokens["expiresIn"]
 
 
 @pytest.mark.parametrize(
