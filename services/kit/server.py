@@ -1,12 +1,14 @@
 """Run one service process: listen, serve until SIGTERM/SIGINT, then shut down gracefully.
 
-Shutdown: health answers 503 and the service stops taking events, the listener closes, in-flight
+Shutdown: health answers 503 "draining" (for KADAI_DRAIN_DELAY, 0 by default, the listener stays open so
+that health checks see it), the service stops taking events, the listener closes, in-flight
 requests and event handlers get up to KADAI_DRAIN_TIMEOUT to finish, the outbox relay publishes what
 they committed, and the process exits 0.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +22,7 @@ from gateway.protocol import use_envelope_errors
 from gateway.runtime import settle_garbage_collector
 from services.kit.app import build_app
 from services.kit.db import MigrationError
+from services.kit.keys import RUNTIME_KEY
 from services.kit.service import Service
 from services.kit.settings import ServiceSettings
 
@@ -49,6 +52,15 @@ async def serve(service: Service, settings: ServiceSettings, host: str, port: in
         )
         settle_garbage_collector()
         await stop.wait()
+        app[RUNTIME_KEY].draining = True  # health answers 503 "draining" from here on
+        delay = settings.platform.drain_delay
+        if delay > 0:
+            # Keep serving while health says 503, so the gateway's health checks and load balancers
+            # take this instance out before the listener closes.
+            log.info("shutting down: health reports draining", extra=log_fields(delay=delay))
+            stop.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)  # a second signal cuts it short
         log.info("shutting down: draining", extra=log_fields(timeout=settings.platform.drain_timeout))
     finally:
         # Handlers stay installed through the drain: a second signal must not kill finishing work.

@@ -161,3 +161,53 @@ async def test_kadai_service_runs_each_catalogue_service_on_its_port(tmp_path: P
     assert any(line["message"] == f"{name} listening on http://127.0.0.1:{port}" for line in lines)
     assert lines[-1]["message"] == f"{name} stopped"
     assert (tmp_path / "data" / f"{name}.sqlite3").exists()
+
+
+async def test_health_reports_draining_for_the_drain_delay_before_the_listener_closes(tmp_path: Path) -> None:
+    """KADAI_DRAIN_DELAY: after SIGTERM the service keeps answering, health at 503 "draining", so that the
+    gateway's health checks (and load balancers) take it out before its port closes."""
+    port = free_port()
+    env = clean_env(AMQP_URL="memory://", KADAI_DATA_DIR=str(tmp_path / "data"), KADAI_DRAIN_DELAY="3s",
+                    PYTHONUNBUFFERED="1")
+    log_path = tmp_path / "product.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "service", "product", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    seen: list[tuple[int, str]] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def health() -> tuple[int, str] | None:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                        body = await response.json()  # the report: data when healthy, details when not
+                        return response.status, (body.get("data") or body["details"])["status"]
+                except aiohttp.ClientConnectionError:
+                    return None
+
+            async def up() -> bool:
+                return await health() == (200, "ok")
+
+            await wait_until(up, 20, "product-service to answer")
+            process.send_signal(signal.SIGTERM)
+
+            async def draining() -> bool:
+                answer = await health()
+                if answer is not None:
+                    seen.append(answer)
+                return answer == (503, "draining")
+
+            await wait_until(draining, 2.5, "health to report draining while the listener is still open")
+        code = await asyncio.to_thread(process.wait, 15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert code == 0, log_path.read_text()
+    messages = [line["message"] for line in json_lines(log_path.read_text())]
+    assert "shutting down: health reports draining" in messages
+    assert messages[-1] == "product-service stopped"
