@@ -29,8 +29,12 @@ from gateway.config.schema import (
     ServiceConfig,
 )
 from gateway.middleware import Middleware, MiddlewareConfig, PluginError, load_catalogue
+from gateway.middleware.jwt_auth import NAME as JWT
 
 _CORE_KEYS = frozenset(RouteOptions.model_fields)
+
+_Level = tuple[tuple[str | int, ...], Mapping[str, Any]]
+"""Where a cascade level sits in the file, and the options written there."""
 
 
 class _RouteDoc(BaseModel):
@@ -133,6 +137,12 @@ class _Resolver:
                 route = self._route(name, route_doc.prefix, options, route_where)
                 if route is not None:
                     routes.append(route)
+                    levels = (
+                        (("defaults",), document.defaults),
+                        (where, service_doc.model_extra or {}),
+                        (route_where, route_doc.model_extra or {}),
+                    )
+                    self._check_auth_is_enforced(route, options, levels)
             instances = self._instances(service_doc.instances, (*where, "instances"))
             services[name] = ServiceConfig(
                 name, instances, service_doc.health, tuple(routes), balancer=service_doc.balancer
@@ -231,6 +241,24 @@ class _Resolver:
             self._problem((*where, "strip_prefix"), f"{core.strip_prefix!r} is not a leading part of prefix {prefix!r}")
         middleware = self._enabled_middleware(options, where)
         return RouteConfig(service=service, prefix=prefix, options=core, middleware=middleware)
+
+    def _check_auth_is_enforced(
+        self, route: RouteConfig, options: Mapping[str, Any], levels: tuple[_Level, _Level, _Level]
+    ) -> None:
+        """`jwt: false` takes the token check off a scope: a route there that still says auth: true would be
+        open to anyone while the file claims it is protected. Refused, at the `jwt: false` that did it.
+
+        levels: defaults, the service and the route, in that order."""
+        if not route.options.auth or options.get(JWT) is not False:
+            return
+        route_where = levels[-1][0]
+        written = next(where for where, level in reversed(levels) if level.get(JWT) is False)
+        subject = "this route" if written == route_where else f"{field_path(route_where)} ({route.prefix})"
+        self._problem(
+            (*written, JWT),
+            f"false switches off the token check, but {subject} has auth: true and would be open to anyone; "
+            "write auth: false to make a route public",
+        )
 
     def _check_prefix(
         self, prefix: str, service: str, owners: dict[str, str], where: tuple[str | int, ...]

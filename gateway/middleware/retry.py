@@ -60,7 +60,9 @@ class RetryConfig(MiddlewareConfig):
     )
     statuses: tuple[int, ...] = Field((502, 503, 504), description="Upstream statuses retried.")
     backoff: Duration = Field(0.1, gt=0, description="Wait before the first retry; it doubles for each next one.")
-    max_backoff: Duration = Field(2.0, gt=0, description="Longest wait between two attempts.")
+    max_backoff: Duration = Field(
+        2.0, gt=0, description="Longest backoff between two attempts (the jitter comes on top)."
+    )
     jitter: Duration = Field(0.1, ge=0, description="Random extra wait (0 to this) added to each backoff.")
     deadline: Duration = Field(
         15.0, gt=0, description="Retries start and end within this time after the request arrived."

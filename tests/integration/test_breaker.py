@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -129,6 +130,20 @@ async def _metrics(client: Client) -> str:
     return await (await client.get("/metrics")).text()
 
 
+def _transitions(caplog: pytest.LogCaptureFixture, url: str) -> list[tuple[int, str, dict[str, Any]]]:
+    """The breaker's state-change log lines for one instance: level, message and structured fields."""
+    return [
+        (record.levelno, record.getMessage(), getattr(record, "fields", {}))
+        for record in caplog.records
+        if record.name == "gateway.breaker" and getattr(record, "fields", {}).get("instance") == url
+    ]
+
+
+def _logged(level: int, url: str, old: str, new: str) -> tuple[int, str, dict[str, Any]]:
+    fields = {"service": SERVICE, "instance": url, "breaker": new}
+    return level, f"breaker of {SERVICE} {url}: {old} -> {new}", fields
+
+
 async def _assert_circuit_open(response: aiohttp.ClientResponse, retry_after: int = 1) -> None:
     assert response.status == 503
     assert response.headers["Content-Type"] == JSON_TYPE
@@ -198,8 +213,9 @@ async def test_connection_failures_and_timeouts_count(
 
 
 async def test_half_opens_after_reset_timeout_and_a_successful_trial_closes_it(
-    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
+    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.breaker")
     users = await _start(start_upstream, "users")
     client = await gateway_client(_registry(registry_path, users.url, breaker=QUICK))
 
@@ -223,6 +239,12 @@ async def test_half_opens_after_reset_timeout_and_a_successful_trial_closes_it(
     for state, count in (("open", 1), ("half-open", 1), ("closed", 1)):
         assert metric_value(metrics, TRANSITIONS, service=SERVICE, instance=users.url, state=state) == count
     assert metric_value(metrics, STATE, service=SERVICE, instance=users.url) == 0
+    # Opening is what an operator must see (warning); the way back is informational.
+    assert _transitions(caplog, users.url) == [
+        _logged(logging.WARNING, users.url, "closed", "open"),
+        _logged(logging.INFO, users.url, "open", "half-open"),
+        _logged(logging.INFO, users.url, "half-open", "closed"),
+    ]
 
 
 async def test_half_open_lets_exactly_one_trial_through_at_a_time(
@@ -253,8 +275,9 @@ async def test_half_open_lets_exactly_one_trial_through_at_a_time(
 
 
 async def test_a_failed_trial_opens_the_breaker_again(
-    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
+    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.breaker")
     users = await _start(start_upstream, "users", status=500)
     client = await gateway_client(_registry(registry_path, users.url, breaker=QUICK))
     assert (await client.get("/api/v1/users/x")).status == 500
@@ -270,6 +293,11 @@ async def test_a_failed_trial_opens_the_breaker_again(
     metrics = await _metrics(client)
     assert metric_value(metrics, TRANSITIONS, service=SERVICE, instance=users.url, state="open") == 2
     assert metric_value(metrics, TRANSITIONS, service=SERVICE, instance=users.url, state="half-open") == 1
+    assert _transitions(caplog, users.url) == [
+        _logged(logging.WARNING, users.url, "closed", "open"),
+        _logged(logging.INFO, users.url, "open", "half-open"),
+        _logged(logging.WARNING, users.url, "half-open", "open"),
+    ]
 
 
 async def test_an_answer_that_started_before_the_breaker_opened_does_not_decide_it(

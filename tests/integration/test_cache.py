@@ -1,9 +1,11 @@
-"""The response cache against the real Redis: hits, what is never kept, per-user keys, stale-if-error."""
+"""The response cache against the real Redis: hits, what is never kept, per-user keys, stale-if-error (an
+upstream answering 503, a stopped upstream, an open breaker)."""
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ from tests.integration.helpers import GatewayClient, StartUpstream, assert_error
 from tests.support import free_port, service, write_registry
 
 pytestmark = pytest.mark.redis
+
+StopServer = Callable[[], Awaitable[None]]
+StartStoppable = Callable[[web.Application], Awaitable[tuple[str, StopServer]]]
 
 
 class Origin:
@@ -243,45 +248,114 @@ async def _entries(client: TestClient[Any, Any], name: str) -> int:
     return len([key async for key in redis.scan_iter(f"kadai:cache:{name}:*")])
 
 
-@pytest.mark.parametrize("failure", ["status-503", "instance-gone"])
+@pytest.fixture
+async def stoppable_upstream() -> AsyncIterator[StartStoppable]:
+    """Like start_upstream, but the test may stop a server itself: its port then refuses connections."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> tuple[str, StopServer]:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+        async def stop() -> None:
+            runners.remove(runner)
+            await runner.cleanup()
+
+        return f"http://127.0.0.1:{port}", stop
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+async def _sleep_until(wall_time: float) -> None:
+    """Sleep until time.time() (the clock of the cache's Age) reaches wall_time."""
+    await asyncio.sleep(max(0.0, wall_time - time.time()))
+
+
+@pytest.mark.parametrize("failure", ["status-503", "instance-stopped"])
 async def test_a_stale_copy_is_served_while_the_upstream_fails(
     registry_path: Path,
     gateway_client: GatewayClient,
-    start_upstream: StartUpstream,
+    stoppable_upstream: StartStoppable,
     cache_service: str,
     failure: str,
 ) -> None:
     origin = Origin()
-    url = await start_upstream(origin.app())
-    dead = f"http://127.0.0.1:{free_port()}"
+    url, stop = await stoppable_upstream(origin.app())
     registry = write_registry(
         registry_path,
-        {cache_service: service([url], "/api/v1/things", cache={"ttl": "200ms", "stale_if_error": "600ms"}, retry=False)},
+        {cache_service: service([url], "/api/v1/things", cache={"ttl": "1s", "stale_if_error": "1s"}, retry=False)},
     )
     client = await gateway_client(registry)
+    asked = time.time()
     fresh = (await _get(client))[2]
+    answered = time.time()  # the entry was stored between `asked` and `answered`
     await _until(lambda: _stored(client, cache_service))
-    await asyncio.sleep(0.25)  # no longer fresh
+    await _sleep_until(answered + 1.05)  # no longer fresh (ttl 1 s), still within stale_if_error
 
     if failure == "status-503":
         origin.status = 503
     else:
-        registry.write_text(registry.read_text().replace(url, dead))
-        gw: Gateway = client.server.app[GATEWAY_KEY]
-        await _until(lambda: gw.table.services[cache_service].instances[0].url == dead)
+        await stop()
 
+    sent = time.time()
     status, headers, body = await _get(client)
+    received = time.time()
     assert (status, body) == (200, fresh)
     assert headers["X-Cache"] == "STALE"
     assert headers["Warning"] == '110 - "Response is Stale"'
-    assert int(headers["Age"]) >= 0
+    # Age is the entry's whole seconds since it was stored: at least the ttl it outlived.
+    age = int(headers["Age"])
+    assert 1 <= int(sent - answered) <= age <= received - asked
+    assert origin.hits == (2 if failure == "status-503" else 1)
 
-    await asyncio.sleep(0.6)  # past stale_if_error: the failure reaches the client
+    await _sleep_until(answered + 2.05)  # past ttl + stale_if_error: the failure reaches the client
     response = await client.get("/api/v1/things/1")
     expected = 503 if failure == "status-503" else 502
     assert response.status == expected
-    if failure == "instance-gone":
+    if failure == "instance-stopped":
         assert_error_envelope(await response.json(), 502)
+    metrics = await (await client.get("/metrics")).text()
+    assert metric_value(metrics, "kadai_gateway_cache_lookups_total", service=cache_service, result="stale") == 1
+
+
+async def test_a_stale_copy_is_served_while_the_breaker_fails_fast(
+    registry_path: Path, gateway_client: GatewayClient, start_upstream: StartUpstream, cache_service: str
+) -> None:
+    origin = Origin()
+    cache, breaker = {"ttl": "200ms", "stale_if_error": "10s"}, {"fail_max": 1, "reset_timeout": "20s"}
+    client = await _gateway(
+        registry_path, gateway_client, start_upstream, cache_service, origin, cache, breaker=breaker
+    )
+    fresh = (await _get(client))[2]
+    await _until(lambda: _stored(client, cache_service))
+    await asyncio.sleep(0.25)  # no longer fresh
+
+    origin.status = 500  # answered stale, and the failure opens the breaker (fail_max 1)
+    status, headers, body = await _get(client)
+    assert (status, headers["X-Cache"], body) == (200, "STALE", fresh)
+    assert origin.hits == 2
+
+    # The open breaker refuses without calling the instance (a 503 of the gateway's own): still stale.
+    status, headers, body = await _get(client)
+    assert (status, headers["X-Cache"], body) == (200, "STALE", fresh)
+    assert headers["Warning"] == '110 - "Response is Stale"'
+    assert origin.hits == 2
+    # Nothing cached for another path: the breaker's refusal itself.
+    response = await client.get("/api/v1/things/2")
+    assert response.status == 503
+    body = await response.json()
+    assert_error_envelope(body, 503)
+    assert body["details"] == {"service": cache_service, "reason": "circuit_open"}
+    assert origin.hits == 2
+    metrics = await (await client.get("/metrics")).text()
+    assert metric_value(metrics, "kadai_gateway_breaker_rejections_total", service=cache_service) == 2
+    assert metric_value(metrics, "kadai_gateway_cache_lookups_total", service=cache_service, result="stale") == 2
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Active health checks in-process: instances whose health endpoint fails leave routing within the threshold."""
+"""Active health checks in-process: instances whose health endpoint fails leave routing within the threshold,
+and hanging polls run side by side without holding up requests."""
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +37,8 @@ class Monitored:
         self.mode = mode
         self.polls: collections.Counter[str] = collections.Counter()
         self.poll_agents: set[str] = set()
+        self.hangs: list[tuple[float, float]] = []
+        """(start, end) on time.monotonic() of each hanging poll: it ends when the gateway drops it (or at 2 s)."""
         self.served = 0
         self.url = ""
 
@@ -54,9 +57,15 @@ class Monitored:
         if mode == "fail":
             return web.json_response({"status": "down"}, status=500)
         if mode == "hang":
-            deadline = time.monotonic() + 2.0
-            while request.transport is not None and not request.transport.is_closing() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            started = time.monotonic()
+            deadline = started + 2.0
+            try:
+                while (
+                    request.transport is not None and not request.transport.is_closing() and time.monotonic() < deadline
+                ):
+                    await asyncio.sleep(0.02)
+            finally:
+                self.hangs.append((started, time.monotonic()))
         return web.json_response({"status": "ok"})
 
 
@@ -304,3 +313,47 @@ async def test_an_instance_removed_by_a_reload_is_forgotten(
     kept_polls = kept.polls["ok"]
     await wait_until(lambda: kept.polls["ok"] >= kept_polls + 2, 3.0, "two more polls of the kept instance")
     assert removed.polls["fail"] == polls
+
+
+async def test_hanging_health_checks_are_polled_concurrently_and_never_hold_up_requests(
+    registry_path: Path, start_upstream: StartUpstream, gateway_client: GatewayClient
+) -> None:
+    hanging = [await _start(start_upstream, f"hanging-{n}", mode="hang") for n in range(5)]
+    healthy = await _start(start_upstream, "healthy")
+    # One round only (long interval); the poll timeout well below Monitored's own 2 s hang limit.
+    health = {**HEALTH, "interval": "30s", "timeout": "1500ms"}
+    registry = write_registry(
+        registry_path,
+        {
+            "slow-service": service([upstream.url for upstream in hanging], "/api/v1/slow", health=health),
+            SERVICE: service([healthy.url], "/api/v1/users", health=health, retry=False, breaker=False),
+        },
+    )
+    client = await gateway_client(registry)
+    await wait_until(lambda: all(u.polls["hang"] == 1 for u in hanging), 2.0, "every hanging instance's poll")
+
+    # While all five polls hang, requests to the healthy service are answered as fast as ever.
+    for _ in range(10):
+        started = time.monotonic()
+        assert await _answers(client, 1) == ["healthy"]
+        assert time.monotonic() - started < 0.5
+    assert not any(upstream.hangs for upstream in hanging), "a poll ended before the requests did"
+
+    async def all_failed() -> bool:
+        metrics = await _metrics(client)
+        return all(
+            metric_value(metrics, CHECKS, service="slow-service", instance=u.url, result="failed") == 1 for u in hanging
+        )
+
+    await wait_until(all_failed, 5.0, "every hanging poll to time out")
+    decided = time.monotonic()
+    await wait_until(lambda: all(u.hangs for u in hanging), 2.0, "every instance to see its poll dropped")
+    spans = [span for upstream in hanging for span in upstream.hangs]
+    assert len(spans) == 5
+    # Every poll was running at once: the last one started before the first one was dropped ...
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
+    # ... so the round took about one timeout (1.5 s), not five of them in a row (7.5 s).
+    assert 1.4 <= decided - min(start for start, _ in spans) < 3.0
+    instances = await _data(client, "/api/v1/health/detailed")
+    slow = next(entry for entry in instances["services"] if entry["name"] == "slow-service")
+    assert {(i["state"], i["lastError"]) for i in slow["instances"]} == {("unhealthy", "no answer within 1.5s")}

@@ -1,6 +1,7 @@
 """The JWT check through an in-process gateway with real loopback upstreams (that echo what they got) and a
 real loopback JWKS server: 401/403 envelopes and challenges, identity headers, auth: false routes, RS256
-key files, JWKS rotation, rate-limited refreshes and an unreachable key server."""
+key files, ES256 JWKS keys, JWKS rotation, TTL refreshes in the background, rate-limited refreshes and an
+unreachable key server."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import Gateway, create_app
 from gateway.config.loader import load_registry
-from gateway.config.settings import Settings
+from gateway.config.settings import Settings, load_settings
 from gateway.keys import GATEWAY_KEY
 from gateway.tokens import mint_token
 from tests.integration.helpers import (
@@ -31,7 +32,8 @@ from tests.integration.helpers import (
     metric_value,
     raw_request,
 )
-from tests.jwt_support import SECRET, forge, jwk, payload, public_pem, rsa_key, sign, write_public_pem
+from tests.jwt_support import SECRET, ec_key, forge, jwk, payload, public_pem, rsa_key, sign, write_public_pem
+from tests.process.helpers import wait_until
 from tests.support import free_port, service, write_registry
 
 USERS = "/api/v1/users/1"
@@ -461,3 +463,74 @@ async def test_jwks_failing_at_start_is_retried_once_it_recovers(
     assert status == 200
     report = await jwt_report(client)
     assert report["status"] == "ok" and report["jwks"]["lastError"] is None
+
+
+def es_settings(url: str, **env: str) -> Settings:
+    """Settings read from the environment as the gateway reads them: ES256 keys from a JWKS URL."""
+    return load_settings(
+        {
+            "JWT_ALGORITHMS": "ES256",
+            "JWT_JWKS_URL": url,
+            "KADAI_RELOAD_INTERVAL": "100ms",
+            "KADAI_DRAIN_TIMEOUT": "2s",
+            **env,
+        }
+    )
+
+
+def es_token(name: str, kid: str, **claims: Any) -> str:
+    return sign(payload(**claims), ec_key(name), "ES256", kid=kid)
+
+
+async def test_es256_keys_from_a_jwks_url(
+    registry_path: Path, start_recorder: StartRecorder, start_jwks: StartJwks, serve_with: ServeWith
+) -> None:
+    users = await start_recorder("users")
+    jwks = await start_jwks([jwk(ec_key("a"), "ec-a")])
+    client = await serve_with(es_settings(jwks.url), jwt_registry(registry_path, users.url))
+
+    assert (await client.get(USERS, headers=bearer(es_token("a", "ec-a", sub="ec-user")))).status == 200
+    assert last(users).header("X-User-ID") == "ec-user"
+    # Another EC key under the same kid: the signature does not verify.
+    other = sign(payload(), ec_key("b"), "ES256", kid="ec-a")
+    await assert_unauthorized(await client.get(USERS, headers=bearer(other)), challenge_error=True)
+    # An RS256 token is outside the allow-list even though the kid is known.
+    rsa_signed = sign(payload(), rsa_key("a"), "RS256", kid="ec-a")
+    await assert_unauthorized(await client.get(USERS, headers=bearer(rsa_signed)), challenge_error=True)
+    assert len(proxied(users)) == 1
+    report = await jwt_report(client)
+    assert report["algorithms"] == ["ES256"] and report["jwks"]["kids"] == ["ec-a"]
+    metrics = await (await client.get("/metrics")).text()
+    assert metric_value(metrics, REJECTIONS, service="user-service", reason="signature") == 2
+
+
+async def test_jwks_keys_are_refreshed_in_the_background_once_their_ttl_passes(
+    registry_path: Path, start_recorder: StartRecorder, start_jwks: StartJwks, serve_with: ServeWith
+) -> None:
+    users = await start_recorder("users")
+    jwks = await start_jwks([jwk(ec_key("a"), "ec-a")])
+    settings = es_settings(jwks.url, JWT_JWKS_CACHE_TTL="1s", JWT_JWKS_REFRESH_INTERVAL="200ms")
+    client = await serve_with(settings, jwt_registry(registry_path, users.url))
+    assert jwks.fetches == 1
+    jwks.keys = [jwk(ec_key("a"), "ec-a"), jwk(ec_key("b"), "ec-b")]
+
+    # Within the TTL a token of a known kid fetches nothing.
+    assert (await client.get(USERS, headers=bearer(es_token("a", "ec-a", sub="u-1")))).status == 200
+    assert jwks.fetches == 1
+    await asyncio.sleep(1.1)
+    # Past it, the next token of a known kid (not a cached one) starts a fetch in the background and is
+    # verified with the old keys meanwhile: it does not wait for a slow identity provider.
+    jwks.delay = 1.5
+    started = time.monotonic()
+    assert (await client.get(USERS, headers=bearer(es_token("a", "ec-a", sub="u-2")))).status == 200
+    assert time.monotonic() - started < 0.75
+    await wait_until(lambda: jwks.fetches == 2, 5.0, "the background JWKS refresh to start")
+
+    async def refreshed() -> bool:
+        return bool((await jwt_report(client))["jwks"]["kids"] == ["ec-a", "ec-b"])
+
+    await wait_until(refreshed, 5.0, "the refreshed key set")
+    # The new key came with the refresh: its token needs no unknown-kid fetch.
+    assert (await client.get(USERS, headers=bearer(es_token("b", "ec-b", sub="u-3")))).status == 200
+    assert last(users).header("X-User-ID") == "u-3"
+    assert jwks.fetches == 2

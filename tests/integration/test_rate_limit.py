@@ -213,6 +213,39 @@ async def test_a_request_refused_by_one_tier_takes_nothing_from_the_others(
         assert (await response.json())["details"]["tier"] == narrow
 
 
+async def redis_now_us(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
+async def test_buckets_run_on_the_redis_server_clock(
+    registry_path: Path,
+    start_recorder: StartRecorder,
+    gateway_client: GatewayClient,
+    tier: TierName,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bucket's `ts` is Redis's TIME, so gateways whose own clocks disagree still share one timeline."""
+    users = await start_recorder("users")
+    name = tier("clock")
+    client = await gateway_client(users_registry(registry_path, users.url, limits({name: (5, "1m")})))
+    # This process's wall clock a day ahead: a bucket stamped by the gateway would show it.
+    wall_clock = time.time
+    monkeypatch.setattr(time, "time", lambda: wall_clock() + 86_400)
+
+    before = await redis_now_us(redis)
+    assert await statuses(client, 1) == [200]
+    after = await redis_now_us(redis)
+
+    bucket = await redis.hgetall(bucket_key(name, 5, 60_000))
+    assert set(bucket) == {b"tokens", b"ts"}
+    stamped = int(bucket[b"ts"])
+    assert before <= stamped <= after, (before, stamped, after)
+    assert after - before < 1_000_000
+    assert 3.99 < float(bucket[b"tokens"]) < 4.01
+
+
 # --- what the client sees ----------------------------------------------------------------------------------
 
 

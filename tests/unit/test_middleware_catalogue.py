@@ -262,7 +262,7 @@ def test_enabled_by_default_edge_plugin_wraps_routes_and_edge() -> None:
 
 
 async def test_edge_chain_runs_edge_middleware_then_the_exchange_terminal() -> None:
-    builtins_off = all_off()
+    builtins_off = {**all_off(), "auth": False}  # with jwt off, a route left at auth: true is refused
     config = parse_registry(registry([f"{HERE}:EdgePluginMiddleware"], {}, builtins_off), "reg.yaml")
     assert list(config.edge_middleware) == ["edge_plugin"]
     table = build_table(config, Resources(settings=Settings()), terminal, 1)

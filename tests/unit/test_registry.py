@@ -355,6 +355,16 @@ ERROR_CASES: list[tuple[str, bytes, str, str]] = [
      "defaults.request_id.header", "should match pattern"),
     ("plugin-missing-module", registry(plugins=["no_such_module_xyz:Thing"]), "plugins",
      "cannot import 'no_such_module_xyz'"),
+    ("jwt-off-on-protected-route", registry(one_route(jwt=False)), "services.users.routes[0].jwt",
+     "false switches off the token check, but this route has auth: true and would be open to anyone"),
+    ("jwt-off-at-service", registry(one_route({"jwt": False})), "services.users.jwt",
+     "but services.users.routes[0] (/api/v1/users) has auth: true"),
+    ("jwt-off-in-defaults", registry(one_route(), defaults={"jwt": False}), "defaults.jwt",
+     "but services.users.routes[0] (/api/v1/users) has auth: true"),
+    ("jwt-off-in-defaults-auth-on-at-route", registry(one_route(auth=True), defaults={"jwt": False, "auth": False}),
+     "defaults.jwt", "write auth: false to make a route public"),
+    ("jwt-off-at-route-auth-on-at-service", registry(one_route({"auth": True}, jwt=False), defaults={"auth": False}),
+     "services.users.routes[0].jwt", "this route has auth: true"),
 ]
 
 
@@ -444,6 +454,39 @@ def test_several_problems_are_reported_together_in_file_order() -> None:
     for problem, (path, reason) in zip(problems, expected):
         assert_problem(problem, path, reason)
     assert str(caught.value).startswith(f"{SOURCE}: {len(expected)} problems\n  - defaults.rate_limt: ")
+
+
+def test_jwt_off_above_several_protected_routes_names_each_of_them() -> None:
+    services = {
+        "users": {
+            "jwt": False,
+            "routes": [{"prefix": "/api/v1/auth", "auth": False}, {"prefix": "/api/v1/a"}, {"prefix": "/api/v1/b"}],
+        }
+    }
+    problems = problems_of(registry(services))
+    assert len(problems) == 2, problems
+    assert_problem(problems[0], "services.users.jwt", "services.users.routes[1] (/api/v1/a) has auth: true")
+    assert_problem(problems[1], "services.users.jwt", "services.users.routes[2] (/api/v1/b) has auth: true")
+
+
+@pytest.mark.parametrize(
+    ("defaults", "service_options", "route_options", "auth", "checked"),
+    [
+        ({}, {}, {"auth": False, "jwt": False}, False, False),
+        ({"auth": False, "jwt": False}, {}, {}, False, False),
+        ({"jwt": False}, {"auth": False}, {}, False, False),
+        ({"jwt": False}, {}, {"jwt": True}, True, True),
+        ({}, {"jwt": False}, {"jwt": {"roles": ["admin"]}}, True, True),
+    ],
+    ids=["both-off-at-route", "both-off-in-defaults", "auth-off-below-jwt-off", "jwt-back-on-at-route",
+         "jwt-mapping-at-route"],
+)
+def test_jwt_off_is_accepted_where_no_route_requires_auth(
+    defaults: dict[str, Any], service_options: dict[str, Any], route_options: dict[str, Any], auth: bool, checked: bool
+) -> None:
+    (only,) = parse(registry(one_route(service_options, **route_options), defaults=defaults)).routes
+    assert only.options.auth is auth
+    assert ("jwt" in only.middleware) is checked
 
 
 def test_load_registry_names_an_unreadable_file(tmp_path: Path) -> None:
