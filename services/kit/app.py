@@ -111,7 +111,10 @@ def _events(runtime: Runtime) -> CleanupContext:
             ),
         )
         if runtime.signer.unavailable is not None:
-            log.warning(f"this service cannot sign tokens: {runtime.signer.unavailable}")
+            if runtime.settings.token_url is not None:  # fetched from user-service instead: as intended
+                log.info(f"service tokens come from {runtime.settings.token_url}/service-tokens")
+            else:
+                log.warning(f"this service cannot sign tokens: {runtime.signer.unavailable}")
         try:
             yield
         finally:

@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from yarl import URL
 
 from gateway.config.errors import ConfigError
-from gateway.config.settings import DEFAULT_AMQP_URL, Settings, load_settings, mask_url
+from gateway.config.settings import (
+    DEFAULT_AMQP_URL,
+    Settings,
+    development_credentials_problem,
+    load_settings,
+    mask_url,
+)
 from gateway.units import parse_duration
 from services.catalog import CATALOG
 
@@ -60,7 +66,15 @@ class ServiceSettings:
     retention: float = 7 * 86400.0
     """KADAI_EVENTS_RETENTION: how long sent outbox rows and processed event IDs are kept."""
     service_token_ttl: int = 60
-    """KADAI_SERVICE_TOKEN_TTL: lifetime of the tokens a service signs for its calls to other services."""
+    """KADAI_SERVICE_TOKEN_TTL: lifetime of the tokens a service signs for its calls to other services
+    (and of those user-service issues at POST /service-tokens)."""
+    service_secret: str | None = field(default=None, repr=False)
+    """KADAI_SERVICE_SECRET: the platform's shared service secret. user-service issues a service token to
+    a catalogue service that presents it; a service that cannot sign sends it to KADAI_TOKEN_URL. Unset:
+    user-service issues none. At least 32 characters in production."""
+    token_url: str | None = None
+    """KADAI_TOKEN_URL: user-service's base URL, where a service that cannot sign its own service tokens
+    (public-key verification without JWT_PRIVATE_KEY_FILE) fetches them. Needs KADAI_SERVICE_SECRET."""
     call_timeout: float = 5.0
     """KADAI_SERVICE_CALL_TIMEOUT: default total timeout of a call to another service."""
     private_key_pem: bytes | None = field(default=None, repr=False)
@@ -102,6 +116,8 @@ class ServiceSettings:
             "maxAttempts": self.max_attempts,
             "retryDelay": self.retry_delay,
             "signing": "private key" if self.private_key_pem else "JWT_SECRET",
+            "serviceSecret": "set" if self.service_secret else "not set",
+            "tokenUrl": mask_url(self.token_url) if self.token_url else None,
         }
 
 
@@ -125,7 +141,7 @@ def load_service_settings(environ: Mapping[str, str] | None = None) -> ServiceSe
     elif amqp_url == MEMORY_BUS_URL:
         if platform.production:
             problems.append("AMQP_URL: memory:// (the in-process bus) is for development, not KADAI_ENV=production")
-    elif problem := _amqp_problem(amqp_url):
+    elif problem := _amqp_problem(amqp_url) or (platform.production and development_credentials_problem(amqp_url)):
         problems.append(f"AMQP_URL: {problem}")
 
     prefix = env.get("KADAI_EVENTS_PREFIX", "kadai")
@@ -167,6 +183,7 @@ def load_service_settings(environ: Mapping[str, str] | None = None) -> ServiceSe
         if problem := _http_problem(url):
             problems.append(f"{entry.url_variable}: {problem}")
         service_urls[entry.name] = url.rstrip("/")
+    service_secret, token_url = _service_credentials(env, platform, problems)
 
     settings = ServiceSettings(
         platform=platform,
@@ -187,6 +204,8 @@ def load_service_settings(environ: Mapping[str, str] | None = None) -> ServiceSe
         private_key_pem=private_key_pem,
         key_id=key_id,
         service_urls=service_urls,
+        service_secret=service_secret,
+        token_url=token_url,
         environ=env,
     )
     if problems:
@@ -220,6 +239,27 @@ def _http_problem(url: str) -> str | None:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         return f"expected an http:// or https:// base URL, got {mask_url(url)!r}"
     return None
+
+
+SERVICE_SECRET_MIN_LENGTH = 32
+"""Shortest KADAI_SERVICE_SECRET production accepts: it alone obtains a token for any service."""
+
+
+def _service_credentials(
+    env: Mapping[str, str], platform: Settings, problems: list[str]
+) -> tuple[str | None, str | None]:
+    """KADAI_SERVICE_SECRET and KADAI_TOKEN_URL; a problem never shows the secret."""
+    secret = env.get("KADAI_SERVICE_SECRET") or None
+    if secret is not None and platform.production and len(secret) < SERVICE_SECRET_MIN_LENGTH:
+        problems.append(f"KADAI_SERVICE_SECRET: use at least {SERVICE_SECRET_MIN_LENGTH} characters in production")
+    url = env.get("KADAI_TOKEN_URL", "").strip() or None
+    if url is not None:
+        if problem := _http_problem(url):
+            problems.append(f"KADAI_TOKEN_URL: {problem}")
+        elif secret is None:
+            problems.append("KADAI_TOKEN_URL: set KADAI_SERVICE_SECRET too; user-service asks for it")
+        url = url.rstrip("/")
+    return secret, url
 
 
 def signing_algorithm(key: object, allowed: tuple[str, ...]) -> str:

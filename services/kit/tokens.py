@@ -3,7 +3,8 @@
 Both are signed with the key the gateway and every service verify with: JWT_SECRET with the platform's
 HS* algorithm (HS256 by default), or JWT_PRIVATE_KEY_FILE (RS*/PS*/ES*) when the platform verifies with
 a public key (JWT_PUBLIC_KEY_FILE or JWT_JWKS_URL). JWT_ISSUER and JWT_AUDIENCE, when the verifiers
-require them, go into every token. Unlike
+require them, go into every token. A service without a key the platform verifies cannot sign: it fetches
+its service tokens from user-service (POST /service-tokens, services/kit/client.py). Unlike
 gateway.tokens (development tokens for curl), this signer works in production; production refuses to
 start with the development secret (gateway.config.settings), so it never signs with that one there.
 """
@@ -61,7 +62,16 @@ class TokenSigner:
             hmac = next((name for name in allowed if name.startswith("HS")), None)
             self.algorithm, self._key = hmac or "HS256", platform.jwt_secret
             if hmac is None or not platform.jwt_secret:
-                self.unavailable = "tokens are verified with public keys: set JWT_PRIVATE_KEY_FILE to sign them"
+                if settings.token_url and settings.service_secret:
+                    self.unavailable = (
+                        "tokens are verified with public keys and JWT_PRIVATE_KEY_FILE is not set "
+                        "(service tokens are fetched from KADAI_TOKEN_URL instead)"
+                    )
+                else:
+                    self.unavailable = (
+                        "tokens are verified with public keys: set JWT_PRIVATE_KEY_FILE to sign them, "
+                        "or KADAI_TOKEN_URL and KADAI_SERVICE_SECRET to fetch service tokens from user-service"
+                    )
         self._dev_secret = self._key == DEV_JWT_SECRET
 
     def sign(self, claims: dict[str, object], ttl: int) -> SignedToken:

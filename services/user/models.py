@@ -86,3 +86,11 @@ class TokensOut(CamelModel):
     token_type: Literal["Bearer"] = "Bearer"
     expires_in: int = Field(description="Seconds the access token is valid.")
     user: UserOut
+
+
+class ServiceTokenOut(CamelModel):
+    """What POST /service-tokens answers: an OAuth2-style client-credentials token response."""
+
+    access_token: str = Field(description='A service token: sub "service:<name>", role "service".')
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int = Field(description="Seconds the token is valid (KADAI_SERVICE_TOKEN_TTL).")

@@ -6,17 +6,42 @@
     GET   /users/profile            the caller
     PATCH /users/profile            change name, email, password (email and password need currentPassword)
     GET   /users/{userId}  admin, service
+    POST  /service-tokens  Basic <service>:<KADAI_SERVICE_SECRET>   {accessToken, tokenType, expiresIn};
+                           401 bad credentials; 503 when KADAI_SERVICE_SECRET is unset or nothing can sign
 
-Publishes user.created and user.updated through the outbox.
+/service-tokens is for the services only: no gateway route reaches it (registry.yaml routes /api/v1/auth
+and /api/v1/users here, to /auth/* and /users/*). Publishes user.created and user.updated through the outbox.
 """
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from gateway.logs import log_fields
 from services.events import USER_CREATED, USER_UPDATED
-from services.kit import Call, Forbidden, NotFound, Ok, Routes, Row, Service, Unauthorized, ValidationFailed, ok
+from services.kit import (
+    Call,
+    Forbidden,
+    NotFound,
+    Ok,
+    Routes,
+    Row,
+    Service,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+    error,
+    ok,
+    reply,
+)
+from services.kit.tokens import SigningUnavailable
 from services.user import store
 from services.user.config import UserConfig
-from services.user.models import LoginIn, ProfilePatch, RefreshIn, RegisterIn, TokensOut, UserOut
+from services.user.credentials import CHALLENGE, authenticated_service
+from services.user.models import LoginIn, ProfilePatch, RefreshIn, RegisterIn, ServiceTokenOut, TokensOut, UserOut
 from services.user.passwords import hash_password_async, needs_rehash, verify_password_async
+
+log = logging.getLogger("services.user")
 
 routes = Routes()
 
@@ -141,6 +166,42 @@ async def get_user(call: Call) -> Ok:
     if user is None:
         raise NotFound("No such user")
     return ok({"user": UserOut.from_row(user)})
+
+
+@routes.post("/service-tokens", public=True)
+async def issue_service_token(call: Call) -> Ok:
+    """A service token for a service that cannot sign its own (client credentials)"""
+    settings = call.runtime.settings
+    if settings.service_secret is None:
+        # Switched off, not broken: without the shared secret nobody could prove to be a service.
+        raise ServiceUnavailable("This user-service issues no service tokens: KADAI_SERVICE_SECRET is not set")
+    name = authenticated_service(call.request.headers.getall("Authorization", []), settings.service_secret)
+    ttl = settings.service_token_ttl
+    try:
+        signed = call.runtime.signer.service_token(name, ttl)
+    except SigningUnavailable:
+        message = "This user-service cannot sign service tokens: JWT_PRIVATE_KEY_FILE is not set"
+        raise ServiceUnavailable(message) from None
+    log.info("service token issued", extra=log_fields(client=name, expiresIn=ttl))
+    # RFC 6749 5.1: a token response is never cached.
+    return ok(ServiceTokenOut(access_token=signed.token, expires_in=ttl), headers={"Cache-Control": "no-store"})
+
+
+OPENAPI_PATHS: dict[str, dict[str, Any]] = {
+    "/service-tokens": {
+        "post": {
+            "description": "For services, not reachable through the gateway. Send "
+            "`Authorization: Basic base64(<service-name>:<KADAI_SERVICE_SECRET>)` with a catalogue service's "
+            'name; the token carries `sub: "service:<name>"`, `role: "service"` and lives '
+            "KADAI_SERVICE_TOKEN_TTL seconds. A service that signs its own tokens never calls this.",
+            "responses": {
+                "200": reply("The service token.", ServiceTokenOut),
+                "401": error(f"Missing or invalid service credentials (WWW-Authenticate: {CHALLENGE})."),
+                "503": error("KADAI_SERVICE_SECRET is not set, or this user-service cannot sign."),
+            },
+        }
+    }
+}
 
 
 SERVICE = Service(

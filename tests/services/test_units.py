@@ -116,6 +116,31 @@ _BAD_ENV = [
         "AMQP_URL: memory:// (the in-process bus) is for development",
     ),
     ("production-secret", {"KADAI_ENV": "production", "AMQP_URL": "amqp://b/"}, "JWT_SECRET: required"),
+    (
+        "production-spec-broker-credentials",
+        {"KADAI_ENV": "production", "JWT_SECRET": "x" * 40, "AMQP_URL": "amqp://kadai:kadai123@broker:5672/"},
+        "AMQP_URL: its credentials are the development ones",
+    ),
+    (
+        "production-guest-broker",
+        {"KADAI_ENV": "production", "JWT_SECRET": "x" * 40, "AMQP_URL": "amqp://guest:guest@broker:5672/"},
+        "AMQP_URL: its credentials are the development ones",
+    ),
+    (
+        "production-service-secret",
+        {"KADAI_ENV": "production", "JWT_SECRET": "x" * 40, "AMQP_URL": "amqp://b/", "KADAI_SERVICE_SECRET": "s" * 31},
+        "KADAI_SERVICE_SECRET: use at least 32 characters in production",
+    ),
+    (
+        "token-url-scheme",
+        {"KADAI_TOKEN_URL": "ftp://users", "KADAI_SERVICE_SECRET": "s" * 40},
+        "KADAI_TOKEN_URL: expected an http:// or https:// base URL",
+    ),
+    (
+        "token-url-without-secret",
+        {"KADAI_TOKEN_URL": "http://users:3001"},
+        "KADAI_TOKEN_URL: set KADAI_SERVICE_SECRET too",
+    ),
 ]
 
 
@@ -130,6 +155,25 @@ def test_settings_never_show_secrets() -> None:
     settings = load_service_settings({"AMQP_URL": "amqp://kadai:kadai123@broker:5672/", "JWT_SECRET": "s" * 40})
     shown = repr(settings)
     assert "kadai123" not in shown and "s" * 40 not in shown and "***" in shown
+
+
+def test_service_credentials_are_read_and_the_secret_is_never_shown() -> None:
+    secret = "service-secret-" + "q" * 17  # 32 characters: the production minimum
+    production = {"KADAI_ENV": "production", "JWT_SECRET": "x" * 40, "AMQP_URL": "amqp://b/"}
+    settings = load_service_settings(
+        {**production, "KADAI_SERVICE_SECRET": secret, "KADAI_TOKEN_URL": " http://users.internal:3001/ "}
+    )
+    assert (settings.service_secret, settings.token_url) == (secret, "http://users.internal:3001")
+    assert secret not in repr(settings) and secret not in str(settings.public_view())
+    assert settings.public_view()["serviceSecret"] == "set"
+    assert settings.public_view()["tokenUrl"] == "http://users.internal:3001"
+    unset = load_service_settings({"KADAI_SERVICE_SECRET": ""})
+    assert (unset.service_secret, unset.token_url, unset.public_view()["serviceSecret"]) == (None, None, "not set")
+    # Development takes a short secret; the refusal in production never repeats it.
+    assert load_service_settings({"KADAI_SERVICE_SECRET": "dev"}).service_secret == "dev"
+    with pytest.raises(ConfigError) as caught:
+        load_service_settings({**production, "KADAI_SERVICE_SECRET": "tiny-secret-value"})
+    assert "tiny-secret-value" not in str(caught.value)
 
 
 def test_other_services_can_be_pointed_elsewhere() -> None:
