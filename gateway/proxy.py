@@ -198,8 +198,12 @@ class Forwarder:
         return BadGateway(details={"service": service})
 
     def _finish(self, exchange: Exchange) -> None:
-        """Every upstream failure is counted here, once, whichever stage it happened in."""
+        """Every upstream failure is counted here, once, whichever stage it happened in; the request goes
+        into the last minute of the instance that answered it (the last attempt's)."""
         exchange.release_instance()
+        instance = exchange.instance
+        if instance is not None:
+            instance.window.record(exchange.status, exchange.elapsed)
         if exchange.upstream_fault is not None:
             self.resources.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
 

@@ -26,6 +26,7 @@ from gateway.middleware.base import (
     compile_chain,
 )
 from gateway.resources import Resources
+from gateway.stats import RecentWindow
 
 if TYPE_CHECKING:
     from gateway.middleware.breaker import InstanceBreaker
@@ -44,7 +45,8 @@ class InstanceState(enum.StrEnum):
 
 class Instance:
     __slots__ = (
-        "url", "origin", "base_path", "state", "in_flight", "breaker", "passes", "fails", "checked_at", "last_error"
+        "url", "origin", "base_path", "state", "in_flight", "breaker", "passes", "fails", "checked_at", "last_error",
+        "window",
     )
 
     def __init__(self, url: str) -> None:
@@ -64,6 +66,9 @@ class Instance:
         """Health polls failed in a row (reset by a pass)."""
         self.checked_at: float | None = None
         self.last_error: str | None = None
+        self.window = RecentWindow()
+        """The last minute of the requests this instance answered, for the dashboard (the forwarder
+        records them). It lives and dies with the instance, so a reload that drops the instance drops it."""
 
     @property
     def routable(self) -> bool:

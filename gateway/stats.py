@@ -1,10 +1,11 @@
-"""Recent-window request statistics per service (the last minute), for the live dashboard.
+"""Recent-window request statistics per service and per instance (the last minute), for the live dashboard.
 
-Prometheus keeps totals since start; a person watching the dashboard wants "now". Each service has a
-ring of one-second buckets over the last 60 s holding its request count, 5xx count, rate-limit
-rejections and a latency histogram, from which the rate, error rate and p99 are read. Recording is a
-few list updates (the metrics middleware calls it for every request); reading merges at most 60
-buckets and happens about once a second. The figures are those of this process.
+Prometheus keeps totals since start; a person watching the dashboard wants "now". Each service, and each
+instance, has a ring of one-second buckets over the last 60 s holding its request count, 5xx count,
+rate-limit rejections (services only) and a latency histogram, from which the rate, error rate and p99
+are read. Recording is a few list updates (the metrics middleware calls it for every request's service,
+the forwarder for the instance that answered); reading merges at most 60 buckets and happens about once a
+second. The figures are those of this process.
 """
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, slots=True)
 class WindowSummary:
-    """What one service did over the window."""
+    """What one service or instance did over the window."""
 
     seconds: float
-    """Time the figures cover: the window, or less while the process is younger than it."""
+    """Time the figures cover: the window, or less while the window is younger than that (a process or an
+    instance that just started)."""
     requests: int
     errors: int
     """Requests answered with a 5xx status."""
@@ -55,8 +57,11 @@ class WindowSummary:
         return self.errors / self.requests if self.requests else 0.0
 
 
-class ServiceWindow:
-    """One service's one-second buckets over the last WINDOW_SECONDS."""
+class RecentWindow:
+    """The one-second buckets of one service or one instance over the last WINDOW_SECONDS.
+
+    About 38 KiB each (the histograms); an instance's lives on its gateway.routing.Instance, so it is
+    carried over a reload with the instance and dropped with it."""
 
     __slots__ = ("_clock", "_counts", "_errors", "_latency", "_rejected", "_stamps", "_started", "_zeros")
 
@@ -82,8 +87,8 @@ class ServiceWindow:
     def record(self, status: int, seconds: float) -> None:
         """Count one answered request: its status and how long it took.
 
-        The metrics middleware calls this for every request: no allocation beyond the ints Python makes
-        for the counts, and one method call only on the first request of a second."""
+        Called for every request (once for its service, once for the instance that answered): no allocation
+        beyond the ints Python makes for the counts, and one method call only on the first request of a second."""
         second = int(self._clock())
         slot = second % WINDOW_SECONDS
         if self._stamps[slot] != second:
@@ -150,13 +155,13 @@ class RecentStats:
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self._windows: dict[str, ServiceWindow] = {}
+        self._windows: dict[str, RecentWindow] = {}
 
-    def window(self, service: str) -> ServiceWindow:
+    def window(self, service: str) -> RecentWindow:
         """The window of a service, made on first use."""
         window = self._windows.get(service)
         if window is None:
-            window = self._windows[service] = ServiceWindow(self._clock)
+            window = self._windows[service] = RecentWindow(self._clock)
         return window
 
     def summary(self, service: str) -> WindowSummary:

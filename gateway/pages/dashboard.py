@@ -1,10 +1,11 @@
 """The live dashboard's data: one snapshot of every service, pushed to open pages as server-sent events.
 
-A snapshot holds each service's state, its instances (health, breaker, requests in flight), the last
-minute of its traffic from gateway.stats (request rate, 5xx rate, p99 latency, rate-limit rejections),
-and the registry revision with the result of the last reload. One task builds it every `interval`
-seconds while at least one page listens and hands the same bytes to every stream; a stream that
-cannot keep up gets the newest snapshot, never a backlog.
+A snapshot holds each service's state, its instances (health, breaker, requests in flight, and the last
+minute of the requests each answered: rate, 5xx rate, p99 latency), the last minute of the service's
+traffic from gateway.stats (the same figures plus rate-limit rejections), and the registry revision with
+the result of the last reload. One task builds it every `interval` seconds while at least one page
+listens and hands the same bytes to every stream; a stream that cannot keep up gets the newest snapshot,
+never a backlog.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import orjson
 import gateway
 from gateway.envelope import utc_timestamp
 from gateway.errors import ServiceUnavailable
-from gateway.stats import WINDOW_SECONDS, RecentStats, recent_stats
+from gateway.stats import WINDOW_SECONDS, RecentStats, WindowSummary, recent_stats
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -179,12 +180,10 @@ class Dashboard:
                     "name": name,
                     "state": service.state,
                     "routes": sorted(route.prefix for route in table.routes.values() if route.service is service),
-                    "instances": [instance.describe() for instance in service.instances],
-                    "requests": summary.requests,
-                    "requestsPerSecond": round(summary.rate, 3),
-                    "errors": summary.errors,
-                    "errorRate": round(summary.error_rate, 4),
-                    "p99Ms": round(summary.p99 * 1000, 2) if summary.p99 is not None else None,
+                    "instances": [
+                        {**instance.describe(), **figures(instance.window.summary())} for instance in service.instances
+                    ],
+                    **figures(summary),
                     "rateLimited": summary.rejected,
                     "rateLimitedTotal": int(self._rejected_total.get(name, 0.0)),
                 }
@@ -210,6 +209,17 @@ class Dashboard:
             },
             "services": services,
         }
+
+
+def figures(summary: WindowSummary) -> dict[str, Any]:
+    """The traffic figures of a service or an instance, as the snapshot carries them."""
+    return {
+        "requests": summary.requests,
+        "requestsPerSecond": round(summary.rate, 3),
+        "errors": summary.errors,
+        "errorRate": round(summary.error_rate, 4),
+        "p99Ms": round(summary.p99 * 1000, 2) if summary.p99 is not None else None,
+    }
 
 
 # How the page writes the figures; static/dashboard.js writes them the same way.

@@ -4,6 +4,7 @@ lists every route of the gateway with what Swagger UI makes of the services' own
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,12 @@ async def test_the_dashboard_follows_an_instance_going_down_without_a_reload(
     for _ in range(5):
         assert (await client.get("/api/v1/users/profile")).status == 200
     await expect(user_row.locator('[data-field="rate"]')).not_to_have_text("0.00/s", timeout=10_000)
+    # The instance that answered shows its own figures, redrawn by the page (it loaded before the traffic).
+    user_instance = user_row.locator("li.instance")
+    await expect(user_instance.locator('[data-figure="rate"]')).not_to_have_text("0.00/s", timeout=10_000)
+    await expect(user_instance.locator('[data-figure="errors"]')).to_have_text("0.0%")
+    await expect(user_instance.locator('[data-figure="p99"]')).to_have_text(re.compile(r"^\d+\.\d ms$"))
+    await expect(order_row.locator('li.instance [data-figure="p99"]')).to_have_text("\u2014")  # no requests yet
 
     await orders.stop()
 

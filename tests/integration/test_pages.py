@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import gzip
+import html
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,7 @@ from openapi_spec_validator import validate
 from swagger_ui_bundle import swagger_ui_path
 
 from gateway.app import Gateway, create_app
-from gateway.config.settings import Settings
+from gateway.config.settings import MEMORY_URL, Settings
 from gateway.routing import InstanceState
 from tests.integration.helpers import (
     JSON_TYPE,
@@ -590,13 +591,18 @@ async def test_dashboard_data_counts_5xx(make: Make, users: UserService) -> None
     assert (user["requests"], user["errors"], user["errorRate"]) == (4, 1, 0.25)
 
 
-@pytest.mark.redis
+@pytest.mark.parametrize(
+    "limiter", [pytest.param("redis", marks=pytest.mark.redis), "memory"], ids=["redis", "embedded"]
+)
 async def test_dashboard_data_counts_rate_limit_rejections(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
-    redis_server: str,
+    request: pytest.FixtureRequest,
     users: UserService,
     registry_path: Path,
+    limiter: str,
 ) -> None:
+    # The shared Redis or the in-process limiter of REDIS_URL=memory:// (what `kadai up` runs without Redis).
+    redis_url = request.getfixturevalue("redis_server") if limiter == "redis" else MEMORY_URL
     tier = "pages_" + secrets.token_hex(4)  # a bucket of its own in the shared Redis
     limit = {tier: {"limit": 2, "window": "1m"}, "second": False, "ten_seconds": False, "minute": False}
     registry = write_registry(
@@ -606,7 +612,7 @@ async def test_dashboard_data_counts_rate_limit_rejections(
             "order-service": service([users.url], "/api/v1/orders"),
         },
     )
-    gw = Gateway(Settings(redis_url=redis_server, reload_interval=0.1), registry)
+    gw = Gateway(Settings(redis_url=redis_url, reload_interval=0.1), registry)
     client = await aiohttp_client(TestServer(create_app(gw), host="127.0.0.1"))
     statuses = [(await client.get("/api/v1/users/ok")).status for _ in range(5)]
     assert statuses == [200, 200, 429, 429, 429]
@@ -616,9 +622,165 @@ async def test_dashboard_data_counts_rate_limit_rejections(
     services = {entry["name"]: entry for entry in data["services"]}
     assert (services["user-service"]["rateLimited"], services["user-service"]["rateLimitedTotal"]) == (3, 3)
     assert services["user-service"]["requests"] == 5
+    assert services["user-service"]["instances"][0]["requests"] == 2  # the refused ones reached no instance
     assert services["order-service"]["rateLimited"] == 0
     again = await dashboard_data(client)  # read twice, counted once
     assert again["services"][0]["rateLimited"] == 3
+    page = await (await client.get("/dashboard")).text()
+    assert re.search(r'data-service="user-service".*?<td class="num" data-field="rateLimited">3</td>', page, re.DOTALL)
+
+
+async def start_failing(start_upstream: StartUpstream, status: int = 500) -> str:
+    """An instance that answers every request with `status`."""
+
+    async def fail(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path}, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fail)
+    return await start_upstream(app)
+
+
+def instance_items(page: str) -> dict[str, str]:
+    """Each instance's <li> in the dashboard page, by its URL."""
+    return dict(re.findall(r'<li class="instance" data-instance="([^"]+)"[^>]*>(.*?)</li>', page, re.DOTALL))
+
+
+def shown_figures(item: str) -> dict[str, str]:
+    """The figures an instance row shows, by data-figure."""
+    return {name: html.unescape(text) for name, text in re.findall(r'data-figure="(\w+)">([^<]*)<', item)}
+
+
+async def test_dashboard_data_counts_requests_and_5xx_on_the_instance_that_answered(
+    make: Make, users: UserService, start_upstream: StartUpstream
+) -> None:
+    failing = await start_failing(start_upstream)
+    client, gw = await make({"user-service": service([users.url, failing], "/api/v1/users", retry=False)})
+    for _ in range(4):  # round robin: two each
+        await client.get("/api/v1/users/ok")
+    gw.table.services["user-service"].instances[1].state = InstanceState.UNHEALTHY
+    for _ in range(3):  # all to the one left
+        assert (await client.get("/api/v1/users/ok")).status == 200
+
+    data = await dashboard_data(client)
+
+    user = data["services"][0]
+    healthy, broken = user["instances"]
+    assert (healthy["url"], broken["url"]) == (users.url, failing)
+    assert (healthy["requests"], healthy["errors"], healthy["errorRate"]) == (5, 0, 0.0)
+    assert (broken["requests"], broken["errors"], broken["errorRate"]) == (2, 2, 1.0)
+    assert (user["requests"], user["errors"]) == (7, 2)
+    for instance in (healthy, broken):
+        assert instance["requestsPerSecond"] > 0
+        assert instance["p99Ms"] is not None and 0 < instance["p99Ms"] < 5000
+    items = instance_items(await (await client.get("/dashboard")).text())
+    assert shown_figures(items[failing]) == {
+        "rate": f"{broken['requestsPerSecond']:.2f}/s", "errors": "100.0%", "p99": f"{broken['p99Ms']:.1f} ms",
+    }
+    assert shown_figures(items[users.url])["errors"] == "0.0%"
+
+
+async def test_an_instance_without_requests_shows_no_p99(make: Make, users: UserService) -> None:
+    client, _ = await make({"user-service": service([users.url], "/api/v1/users")})
+
+    data = await dashboard_data(client)
+    page = await (await client.get("/dashboard")).text()
+
+    instance = data["services"][0]["instances"][0]
+    assert (instance["requests"], instance["requestsPerSecond"], instance["errors"], instance["p99Ms"]) == (
+        0, 0.0, 0, None,
+    )
+    assert shown_figures(instance_items(page)[users.url]) == {"rate": "0.00/s", "errors": "0.0%", "p99": "—"}
+
+
+async def test_dashboard_data_shows_an_open_breaker(make: Make, users: UserService) -> None:
+    breaker = {"fail_max": 2, "reset_timeout": "20s"}
+    client, _ = await make({"user-service": service([users.url], "/api/v1/users", retry=False, breaker=breaker)})
+    assert [(await client.get("/api/v1/users/fail")).status for _ in range(3)] == [503, 503, 503]
+
+    data = await dashboard_data(client)
+
+    user = data["services"][0]
+    instance = user["instances"][0]
+    assert instance["breaker"]["state"] == "open"
+    assert 0 < instance["breaker"]["retryInSeconds"] <= 20
+    # The third 503 was the open breaker's own: the service counts it, the instance never saw it.
+    assert (user["requests"], user["errors"]) == (3, 3)
+    assert (instance["requests"], instance["errors"]) == (2, 2)
+    item = instance_items(await (await client.get("/dashboard")).text())[users.url]
+    assert '<span class="badge breaker-open">breaker open</span>' in item
+
+
+async def test_the_dashboard_shows_a_registry_reload(
+    make: Make, users: UserService, start_recorder: StartRecorder, registry_path: Path
+) -> None:
+    spare = await start_recorder("spare")
+    orders = await start_recorder("orders")
+    client, gw = await make({"user-service": service([users.url, spare.url], "/api/v1/users")})
+    for _ in range(4):
+        assert (await client.get("/api/v1/users/ok")).status == 200
+
+    async def revision(number: int) -> Any:
+        data = await dashboard_data(client)
+        return data if data["config"]["revision"] == number else None
+
+    # The spare leaves the registry, order-service arrives.
+    write_registry(
+        registry_path,
+        {
+            "user-service": service([users.url], "/api/v1/users"),
+            "order-service": service([orders.url], "/api/v1/orders"),
+        },
+    )
+    data = await eventually(lambda: revision(2), "revision 2 on the dashboard")
+
+    last = data["config"]["lastReload"]
+    assert (last["ok"], last["revision"], last["error"]) == (True, 2, None)
+    assert last["digest"] == data["config"]["digest"] == gw.table.config.digest[:12]
+    services = {entry["name"]: entry for entry in data["services"]}
+    assert list(services) == ["user-service", "order-service"]
+    assert [instance["url"] for instance in services["user-service"]["instances"]] == [users.url]
+    assert services["user-service"]["instances"][0]["requests"] == 2  # kept across the reload with its instance
+    assert services["order-service"]["instances"][0]["requests"] == 0
+    page = await (await client.get("/dashboard")).text()
+    assert f'<dd id="config">revision 2 · {data["config"]["digest"]}</dd>' in page
+    assert re.search(r'<dd id="reload" data-ok="true">ok at [^<]+</dd>', page)
+    assert re.search(r'<pre id="reload-error" class="reload-error" hidden></pre>', page)
+    assert 'data-service="order-service"' in page and f'data-instance="{spare.url}"' not in page
+
+    # Back in the registry, the spare is a new instance: its old minute went with the one removed.
+    write_registry(registry_path, {"user-service": service([users.url, spare.url], "/api/v1/users")})
+    data = await eventually(lambda: revision(3), "revision 3 on the dashboard")
+
+    assert data["config"]["lastReload"]["ok"] is True
+    assert [(i["url"], i["requests"]) for i in data["services"][0]["instances"]] == [(users.url, 2), (spare.url, 0)]
+
+
+async def test_the_dashboard_shows_a_failed_reload_and_its_error(
+    make: Make, users: UserService, registry_path: Path
+) -> None:
+    client, gw = await make({"user-service": service([users.url], "/api/v1/users")})
+    digest = gw.table.config.digest[:12]
+    registry_path.write_text("version: 1\nservices: {user-service: {instances: [nowhere], routes: []}\n")
+
+    async def failed() -> Any:
+        data = await dashboard_data(client)
+        last = data["config"]["lastReload"]
+        return data if last is not None and last["ok"] is False else None
+
+    data = await eventually(failed, "the failed reload on the dashboard")
+
+    last = data["config"]["lastReload"]
+    assert data["config"]["revision"] == last["revision"] == 1
+    assert data["config"]["digest"] == digest  # the last good configuration still serves
+    assert str(registry_path) in last["error"]
+    assert (await client.get("/api/v1/users/ok")).status == 200
+    page = await (await client.get("/dashboard")).text()
+    assert f'<dd id="reload" data-ok="false">failed at {last["at"]}</dd>' in page
+    shown = re.search(r'<pre id="reload-error" class="reload-error"( hidden)?>(.*?)</pre>', page, re.DOTALL)
+    assert shown is not None and shown[1] is None  # not hidden
+    assert html.unescape(shown[2]) == last["error"]
+    assert f'<dd id="config">revision 1 · {digest}</dd>' in page
 
 
 async def read_event(response: aiohttp.ClientResponse, timeout: float = 5.0) -> tuple[dict[str, str], Any]:

@@ -14,13 +14,21 @@ from openapi_spec_validator import validate
 from gateway.config.loader import parse_registry
 from gateway.config.settings import Settings
 from gateway.exchange import Exchange, Reply
-from gateway.pages.dashboard import event, format_duration, format_milliseconds, format_percent, format_rate
+from gateway.pages.dashboard import (
+    event,
+    figures,
+    format_duration,
+    format_milliseconds,
+    format_percent,
+    format_rate,
+)
 from gateway.pages.dialects import to_openapi_30, to_openapi_31
 from gateway.pages.openapi import build_document
 from gateway.pages.specs import SpecEntry, SpecFetchError, check_document
 from gateway.pages.static import accepts_gzip, etag_matches
 from gateway.resources import Resources
 from gateway.routing import RouteTable, build_table
+from gateway.stats import WindowSummary
 
 USERS_URL = "http://127.0.0.1:3001"
 ADMIN_URL = "http://127.0.0.1:3009"
@@ -417,6 +425,24 @@ def test_accepts_gzip(header: str | None, accepted: bool) -> None:
 )
 def test_dashboard_figures(text: str, expected: str) -> None:
     assert text == expected
+
+
+@pytest.mark.parametrize(
+    ("summary", "expected"),
+    [
+        (
+            WindowSummary(seconds=1.0, requests=0, errors=0, rejected=0, p99=None),
+            {"requests": 0, "requestsPerSecond": 0.0, "errors": 0, "errorRate": 0.0, "p99Ms": None},
+        ),
+        (
+            WindowSummary(seconds=60.0, requests=7, errors=2, rejected=3, p99=0.0123456),
+            {"requests": 7, "requestsPerSecond": 0.117, "errors": 2, "errorRate": 0.2857, "p99Ms": 12.35},
+        ),
+    ],
+    ids=["idle", "busy"],
+)
+def test_the_figures_of_a_service_or_an_instance(summary: WindowSummary, expected: dict[str, Any]) -> None:
+    assert figures(summary) == expected
 
 
 def test_an_event_is_one_data_line() -> None:

@@ -11,7 +11,7 @@ from gateway.stats import (
     LATENCY_BOUNDS,
     WINDOW_SECONDS,
     RecentStats,
-    ServiceWindow,
+    RecentWindow,
     percentile,
     recent_stats,
 )
@@ -26,9 +26,9 @@ class FakeClock:
         return self.now
 
 
-def window_at(now: float = 1000.0) -> tuple[ServiceWindow, FakeClock]:
+def window_at(now: float = 1000.0) -> tuple[RecentWindow, FakeClock]:
     clock = FakeClock(now)
-    return ServiceWindow(clock), clock
+    return RecentWindow(clock), clock
 
 
 def test_an_empty_window_has_no_p99_and_no_rate() -> None:

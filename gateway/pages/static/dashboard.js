@@ -17,6 +17,7 @@
   var source = null;
   var pollTimer = null;
   var polls = 0;
+  var windowSeconds = 60; // replaced by each snapshot's own
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -48,6 +49,24 @@
     return el("span", "badge " + prefix + state, text === undefined ? state : text);
   }
 
+  function figure(field, text) {
+    var span = el("span", null, text);
+    span.setAttribute("data-figure", field);
+    return span;
+  }
+
+  // "0.00/s · 0.0% 5xx · p99 —": the requests this instance answered in the window.
+  function instanceFigures(instance) {
+    var span = el("span", "figures");
+    span.title = "Requests this instance answered in the last " + windowSeconds + " s";
+    span.appendChild(figure("rate", rate(instance.requestsPerSecond)));
+    span.appendChild(document.createTextNode(" \u00b7 "));
+    span.appendChild(figure("errors", percent(instance.errorRate)));
+    span.appendChild(document.createTextNode(" 5xx \u00b7 p99 "));
+    span.appendChild(figure("p99", milliseconds(instance.p99Ms)));
+    return span;
+  }
+
   function instanceItem(instance) {
     var li = el("li", "instance");
     li.setAttribute("data-instance", instance.url);
@@ -58,6 +77,7 @@
       li.appendChild(badge("breaker-", instance.breaker.state, "breaker " + instance.breaker.state));
     }
     li.appendChild(el("span", "inflight", instance.inFlight + " in flight"));
+    li.appendChild(instanceFigures(instance));
     if (instance.lastError) li.appendChild(el("span", "error", instance.lastError));
     return li;
   }
@@ -113,6 +133,7 @@
     reloadError.textContent = last && !last.ok && last.error ? last.error : "";
     reloadError.hidden = !(last && !last.ok);
     setText("updated", snapshot.generatedAt);
+    windowSeconds = snapshot.windowSeconds;
     var rows = document.createDocumentFragment();
     snapshot.services.forEach(function (service) { rows.appendChild(serviceRow(service)); });
     var tbody = document.getElementById("services");
