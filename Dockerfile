@@ -3,7 +3,7 @@
 #   docker run -p 4000:4000 kadai                                       the gateway (kadai gateway)
 #   docker run kadai service order-service --host 0.0.0.0 --port 3003   one service
 # A service container also sets KADAI_HEALTHCHECK_URL to its own /health (see HEALTHCHECK below).
-# Needs BuildKit (the default builder since Docker 23) for the cache and bind mounts and the heredoc.
+# Needs BuildKit (the default builder since Docker 23) or Buildah/Podman for the cache and bind mounts.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -40,24 +40,8 @@ RUN groupadd --system --gid 10001 kadai \
        --shell /usr/sbin/nologin kadai \
     && install -d -o kadai -g kadai -m 0750 /data
 
-# The container probe. It takes no proxy from the environment (HTTP_PROXY must not send a loopback
-# probe elsewhere), fails on a refused connection, a timeout and any answer outside 2xx (the gateway's
-# health answers 503 while it drains), and says why on stderr, which `docker inspect` shows.
-COPY --chmod=0755 <<'EOF' /usr/local/bin/kadai-healthcheck
-#!/usr/local/bin/python
-"""Exit 0 when $KADAI_HEALTHCHECK_URL answers 2xx within 3 seconds, 1 otherwise."""
-import os
-import sys
-import urllib.request
-
-url = os.environ.get("KADAI_HEALTHCHECK_URL") or "http://127.0.0.1:4000/api/v1/health"
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    opener.open(url, timeout=3).close()
-except Exception as exc:  # HTTPError (any answer outside 2xx), URLError, timeouts: all mean unhealthy
-    print(f"unhealthy: {url}: {exc}", file=sys.stderr)
-    sys.exit(1)
-EOF
+# The container probe, `kadai-healthcheck` (gateway/healthcheck.py), comes with the package: it fails on a
+# refused connection, a timeout and any answer outside 2xx (health answers 503 while draining).
 
 WORKDIR /app
 # The sample registry lets a bare `docker run` start; deployments mount their own (KADAI_REGISTRY).

@@ -6,6 +6,7 @@ registry loader, the metrics the gateway and the services really export, and the
 from __future__ import annotations
 
 import asyncio
+import configparser
 import contextlib
 import hashlib
 import ipaddress
@@ -24,6 +25,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway import healthcheck
 from gateway.config.loader import load_registry, parse_registry
 from gateway.config.schema import RegistryConfig
 from gateway.reload import RegistryWatcher
@@ -96,12 +98,6 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def healthcheck_script() -> str:
-    match = re.search(r"<<'EOF' /usr/local/bin/kadai-healthcheck\n(.*?)\nEOF\n", DOCKERFILE.read_text(), re.DOTALL)
-    assert match, "the Dockerfile installs /usr/local/bin/kadai-healthcheck from a heredoc"
-    return match.group(1)
-
-
 def test_dockerfile_builds_in_two_stages_on_a_slim_base() -> None:
     instructions = dockerfile_instructions()
     stages = [args for keyword, args in instructions if keyword == "FROM"]
@@ -156,18 +152,16 @@ def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
 
 
 async def _probe(monkeypatch: pytest.MonkeyPatch, url: str) -> int:
-    """Run the image's probe script in this process against url; its exit status."""
-    code = compile(healthcheck_script(), "kadai-healthcheck", "exec")
+    """Run the image's probe (the package's kadai-healthcheck) in this process against url; its exit status."""
     monkeypatch.setenv("KADAI_HEALTHCHECK_URL", url)
+    return await asyncio.to_thread(healthcheck.main)
 
-    def run() -> int:
-        try:
-            exec(code, {"__name__": "__main__"})  # noqa: S102 - the image's own probe, from the Dockerfile
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
-        return 0
 
-    return await asyncio.to_thread(run)
+def test_the_probe_is_a_command_of_the_package() -> None:
+    scripts = configparser.ConfigParser()
+    scripts.read(REPO / "setup.cfg")
+    entries = scripts["options.entry_points"]["console_scripts"].split("\n")
+    assert "kadai-healthcheck = gateway.healthcheck:main" in [entry.strip() for entry in entries]
 
 
 async def test_healthcheck_probe_passes_on_2xx_and_fails_otherwise(
