@@ -17,23 +17,44 @@ from tests.support import GatewayProcess
 StartUpstream = Callable[[web.Application], Awaitable[str]]
 
 
+StopServer = Callable[[], Awaitable[None]]
+StartStoppable = Callable[[web.Application], Awaitable[tuple[str, StopServer]]]
+
+
 @pytest.fixture
-async def start_upstream() -> AsyncIterator[StartUpstream]:
-    """Serve an aiohttp app on a free 127.0.0.1 port; returns its base URL."""
+async def stoppable_upstream() -> AsyncIterator[StartStoppable]:
+    """Serve an aiohttp app on a free 127.0.0.1 port; returns its base URL and a stop() after which the
+    port refuses connections (what remains running is stopped at the end of the test)."""
     runners: list[web.AppRunner] = []
 
-    async def start(app: web.Application) -> str:
+    async def start(app: web.Application) -> tuple[str, StopServer]:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
+
+        async def stop() -> None:
+            runners.remove(runner)
+            await runner.cleanup()
+
+        return f"http://127.0.0.1:{port}", stop
 
     yield start
     for runner in reversed(runners):
         await runner.cleanup()
+
+
+@pytest.fixture
+def start_upstream(stoppable_upstream: StartStoppable) -> StartUpstream:
+    """Serve an aiohttp app on a free 127.0.0.1 port; returns its base URL."""
+
+    async def start(app: web.Application) -> str:
+        url, _stop = await stoppable_upstream(app)
+        return url
+
+    return start
 
 
 @pytest.fixture

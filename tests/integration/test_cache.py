@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,12 @@ from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings
 from gateway.keys import GATEWAY_KEY
 from gateway.tokens import mint_token
+from tests.conftest import StartStoppable
 from tests.integration.helpers import GatewayClient, StartUpstream, assert_error_envelope, metric_value
 from tests.support import free_port, service, write_registry
 
 pytestmark = pytest.mark.redis
 
-StopServer = Callable[[], Awaitable[None]]
-StartStoppable = Callable[[web.Application], Awaitable[tuple[str, StopServer]]]
 
 
 class Origin:
@@ -246,30 +245,6 @@ async def _entries(client: TestClient[Any, Any], name: str) -> int:
     redis = client.server.app[GATEWAY_KEY].resources.redis
     assert redis is not None
     return len([key async for key in redis.scan_iter(f"kadai:cache:{name}:*")])
-
-
-@pytest.fixture
-async def stoppable_upstream() -> AsyncIterator[StartStoppable]:
-    """Like start_upstream, but the test may stop a server itself: its port then refuses connections."""
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> tuple[str, StopServer]:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-        async def stop() -> None:
-            runners.remove(runner)
-            await runner.cleanup()
-
-        return f"http://127.0.0.1:{port}", stop
-
-    yield start
-    for runner in reversed(runners):
-        await runner.cleanup()
 
 
 async def _sleep_until(wall_time: float) -> None:

@@ -49,6 +49,18 @@ def run_kadai(
     )
 
 
+def start_kadai_service(name: str, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `kadai service NAME` on 127.0.0.1:port in the background, its output (stdout and stderr) in log_path."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "service", name, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 async def wait_until(
     condition: Callable[[], bool] | Callable[[], Awaitable[bool]],
     timeout: float,

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from services.catalog import CATALOG
-from tests.process.helpers import clean_env, json_lines, run_kadai, wait_until
+from tests.process.helpers import clean_env, json_lines, run_kadai, start_kadai_service, wait_until
 from tests.support import REPO, free_port
 
 
@@ -25,14 +25,7 @@ async def test_kadai_service_runs_user_service_and_stops_cleanly_on_sigterm(tmp_
         AMQP_URL="memory://", KADAI_DATA_DIR=str(tmp_path / "data"), USER_SCRYPT_COST="10", PYTHONUNBUFFERED="1"
     )
     log_path = tmp_path / "user-service.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "service", "user", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_kadai_service("user", port, env, log_path)
     try:
         async with aiohttp.ClientSession() as session:
 
@@ -170,11 +163,7 @@ async def test_health_reports_draining_for_the_drain_delay_before_the_listener_c
     env = clean_env(AMQP_URL="memory://", KADAI_DATA_DIR=str(tmp_path / "data"), KADAI_DRAIN_DELAY="3s",
                     PYTHONUNBUFFERED="1")
     log_path = tmp_path / "product.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "service", "product", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+    process = start_kadai_service("product", port, env, log_path)
     seen: list[tuple[int, str]] = []
     try:
         async with aiohttp.ClientSession() as session:

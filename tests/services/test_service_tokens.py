@@ -9,7 +9,6 @@ import dataclasses
 import logging
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -28,7 +27,7 @@ from services.kit import ServiceSettings, load_service_settings
 from services.kit.tokens import SigningUnavailable
 from services.user import SERVICE as USER_SERVICE
 from tests.integration.helpers import TIMESTAMP
-from tests.process.helpers import clean_env, json_lines, wait_until
+from tests.process.helpers import clean_env, json_lines, start_kadai_service, wait_until
 from tests.services import demo
 from tests.services.conftest import MakeSettings, Serve
 from tests.services.helpers import Served, bearer
@@ -415,14 +414,7 @@ def user_service_process(tmp_path: Path, rsa_keys: KeyPair) -> Iterator[tuple[st
     )
     env.pop("KADAI_TOKEN_URL", None)
     log_path = tmp_path / "user-service.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "service", "user", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_kadai_service("user", port, env, log_path)
     try:
         yield f"http://127.0.0.1:{port}", log_path
     finally:

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,10 @@ from aiohttp import web
 from services.events import ORDER_CREATED
 from services.product import SERVICE as PRODUCTS
 from tests.conftest import StartUpstream
-from tests.process.helpers import clean_env, connect_refused, json_lines, wait_until
+from tests.process.helpers import clean_env, connect_refused, json_lines, start_kadai_service, wait_until
 from tests.services.conftest import MakeSettings, Serve
 from tests.services.helpers import EventProbe, bearer
-from tests.support import REPO, free_port
+from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq]
 
@@ -92,14 +90,7 @@ async def test_sigterm_lets_a_request_in_flight_finish_and_publishes_its_event_b
         PYTHONUNBUFFERED="1",
     )
     log_path = tmp_path / "order-service.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "service", "order", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_kadai_service("order", port, env, log_path)
     order: asyncio.Task[tuple[int, dict[str, Any]]] | None = None
     try:
 
