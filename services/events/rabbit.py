@@ -52,6 +52,7 @@ from services.events.bus import (
     Topology,
 )
 from services.events.event import Event, MalformedEvent
+from services.events.log_noise import quiet_reconnect_attempts
 
 if TYPE_CHECKING:
     # Type-only: importing services.kit here would import the kit (which imports this module) first.
@@ -75,6 +76,7 @@ class RabbitBus:
     ) -> None:
         self.service = service
         self.settings = settings
+        quiet_reconnect_attempts()  # the bus reports an outage once; the libraries would per attempt
         self.topology = Topology(settings.events_prefix, service)
         self.consumers: Mapping[str, Collection[str]] = consumers or {}
         """Other services by name, with the event types each consumes: their queues are declared too."""

@@ -3,6 +3,7 @@ failures, duplicates, retries, dead letters and their replay with `kadai events 
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import os
 import signal
@@ -535,3 +536,48 @@ async def test_a_failed_event_waits_the_retry_delay_before_each_new_attempt(
     await wait_until(
         lambda: _ready(probe, Topology(events_prefix, "analytics-service").dead_letter_queue, 1), 5, "the dead letter"
     )
+
+
+@pytest.mark.filterwarnings(DROPPED_CONNECTION_WARNING)
+async def test_an_outage_is_logged_once_not_once_per_reconnection_attempt(
+    dropped_connections: None,
+    serve: Serve,
+    make_settings: MakeSettings,
+    rabbitmq_server: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = URL(rabbitmq_server)
+    relay = await TcpRelay(broker.host or "127.0.0.1", broker.port or 5672).start()
+    settings = make_settings(amqp_url=relay.url(rabbitmq_server), reconnect_interval=0.1)
+    service = await serve(demo.consumer(demo.Controls()), settings)
+    try:
+        await consuming(service)
+        caplog.clear()
+        # The libraries' own loggers too: an earlier test may have left a level on them.
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, "aiormq"), caplog.at_level(
+            logging.DEBUG, "aio_pika"
+        ):
+            await relay.stop_listening()
+            relay.cut()  # the broker is away: every attempt is refused for a second and a half
+            await asyncio.sleep(1.5)
+            await relay.start()
+            await wait_until(
+                # record.msg: some library records cannot be formatted once their objects are gone.
+                lambda: any(record.msg == "reconnected to the event broker" for record in caplog.records),
+                10,
+                "the bus to reconnect",
+            )
+        lost = [record for record in caplog.records if record.msg == "lost the event broker; reconnecting"]
+        attempts = sum(1 for record in caplog.records if record.msg == "Connecting to: %s")  # aiormq, debug
+        library = [
+            record.msg
+            for record in caplog.records
+            if record.name.startswith(("aio_pika", "aiormq")) and record.levelno >= logging.INFO
+        ]
+        assert len(lost) == 1
+        assert attempts >= 5, "the outage should have seen several reconnection attempts"
+        # What the libraries still say is said once per lost channel, not once per attempt.
+        assert len(library) <= 4, library
+    finally:
+        await service.stop()
+        await relay.close()
