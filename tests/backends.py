@@ -64,6 +64,13 @@ def redis_server_binary(who: str) -> str:
     return binary
 
 
+def require_programs(*names: str, why: str) -> None:
+    """Fail (under CI) or skip loudly when a program a test runs is not installed."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        _missing(f"{' and '.join(missing)} not installed ({why}): run the suite with ops/test, which installs them")
+
+
 def _missing(message: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)

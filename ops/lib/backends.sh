@@ -138,6 +138,23 @@ ensure_promtool() {
   log "promtool is NOT installed (sudo apt-get install prometheus): tests/ops/test_promtool.py will FAIL under CI and be SKIPPED otherwise"
 }
 
+# ensure_tools: curl and jq, which the README's curl walk-through uses (its test runs it as written).
+ensure_tools() {
+  local tool missing=()
+  for tool in curl jq; do
+    command -v "$tool" >/dev/null || apt_install "$tool" || true
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  _BACKEND_STATUS+="curl+jq: "
+  if ((${#missing[@]} == 0)); then
+    _BACKEND_STATUS+="ok  "
+    return
+  fi
+  _BACKEND_STATUS+="MISSING  "
+  KADAI_MISSING_BACKENDS="${KADAI_MISSING_BACKENDS:+$KADAI_MISSING_BACKENDS }${missing[*]}"
+  log "${missing[*]} NOT installed (sudo apt-get install ${missing[*]}): the README walk-through test will FAIL under CI and be SKIPPED otherwise"
+}
+
 ensure_backends() {
   : "${REDIS_URL:=redis://127.0.0.1:6379/0}" "${AMQP_URL:=amqp://guest:guest@127.0.0.1:5672/}"
   export REDIS_URL AMQP_URL KADAI_MISSING_BACKENDS=""
@@ -146,5 +163,6 @@ ensure_backends() {
   _ensure rabbitmq AMQP_URL 5672 rabbitmq-server rabbitmq-server 60
   ensure_chromium
   ensure_promtool
+  ensure_tools
   log "${_BACKEND_STATUS%  }"
 }
