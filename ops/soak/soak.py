@@ -38,6 +38,8 @@ ANONYMOUS_INTERVAL = 0.25
 """Registrations and logins share the gateway's per-address bucket (10/s): kept well below it."""
 SELLER_INTERVAL = 1.0
 PAGE_SIZE = 100
+TOKEN_RENEW_MARGIN = 60.0
+"""Seconds before its access token expires that a client refreshes it (POST /api/v1/auth/refresh)."""
 ACTIONS = (("browse", 4), ("product", 3), ("order", 2), ("orders", 1), ("notifications", 1), ("login", 0.3))
 
 
@@ -67,6 +69,9 @@ class User:
     pacer: Pacer
     id: str = ""
     token: str = ""
+    refresh_token: str = ""
+    renew_at: float = float("inf")
+    """time.monotonic() after which the access token is renewed, a minute before it expires."""
 
 
 @dataclass
@@ -79,6 +84,8 @@ class Api:
     async def call(self, kind: str, method: str, path: str, user: User | None = None,
                    body: Any = None, paced: bool = True) -> tuple[int | None, Any]:
         """(status, data of the envelope); status None when nothing answered. Every call is counted."""
+        if user is not None and user.token and time.monotonic() >= user.renew_at:
+            await self.refresh(user)  # as a real client does: a run longer than a token's life goes on
         if paced:
             await (user.pacer if user and user.token else self.anonymous).wait()
         headers = {"Authorization": f"Bearer {user.token}"} if user and user.token else {}
@@ -96,6 +103,21 @@ class Api:
         except ValueError:
             return status, None
         return status, envelope.get("data") if isinstance(envelope, dict) else None
+
+    def hold(self, user: User, data: dict[str, Any]) -> None:
+        """Keep the tokens of a login or refresh answer."""
+        user.token, user.refresh_token = data["accessToken"], data["refreshToken"]
+        lifetime = float(data["expiresIn"])
+        user.renew_at = time.monotonic() + max(lifetime - TOKEN_RENEW_MARGIN, lifetime / 2)
+
+    async def refresh(self, user: User) -> None:
+        user.renew_at = float("inf")  # one renewal at a time
+        status, data = await self.call("refresh", "POST", "/api/v1/auth/refresh",
+                                       body={"refreshToken": user.refresh_token}, paced=False)
+        if status == 200 and data:
+            self.hold(user, data)
+        else:
+            user.renew_at = time.monotonic() + 5.0  # tried again soon; until then the old token serves
 
     async def expect(self, status: int, method: str, path: str, user: User | None = None, body: Any = None) -> Any:
         got, data = await self.call("setup", method, path, user, body)
@@ -141,7 +163,7 @@ class Shop:
         body = {"email": user.email, "password": PASSWORD}
         status, data = await self.api.call(kind, "POST", "/api/v1/auth/login", body=body)
         if status == 200 and data:
-            user.token = data["accessToken"]
+            self.api.hold(user, data)
         elif kind == "setup":
             raise SetupFailed(f"login of {user.email}: {status}")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 INTENDED = frozenset({("burst", "429")})
 """(kind, status) pairs the soak provokes on purpose: the over-limit bursts' 429s."""
-LOAD_KINDS = ("read", "order", "login", "seller")
+LOAD_KINDS = ("read", "order", "login", "refresh", "seller")
 """Kinds whose latencies make the run's percentiles (setup, bursts and the final checks are apart)."""
 
 BUYER_MESSAGES = {False: Counter({"order.confirmation": 1, "payment.receipt": 1}),

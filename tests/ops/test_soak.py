@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections import Counter
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from tests.integration.helpers import StartUpstream
 from tests.support import REPO
 
 sys.path.insert(0, str(REPO / "ops" / "soak"))  # the soak's modules import one another as scripts do
@@ -275,3 +279,37 @@ def test_memory_trend_of_a_flat_process_is_zero_and_needs_six_samples() -> None:
     for second in range(5):
         short.add(float(second), {10: 90 * 1024})
     assert short.rows()[0]["perMinuteMiB"] is None
+
+
+async def test_a_client_refreshes_its_token_before_it_expires(start_upstream: StartUpstream) -> None:
+    """A soak longer than a token's life (an hour) goes on as a real client would: refreshed a minute early."""
+    refreshes: list[object] = []
+
+    async def refresh(request: web.Request) -> web.Response:
+        refreshes.append((await request.json())["refreshToken"])
+        data = {"accessToken": "fresh", "refreshToken": "refresh-2", "tokenType": "Bearer", "expiresIn": 3600}
+        return web.json_response({"success": True, "data": data})
+
+    async def guarded(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer fresh":
+            return web.json_response({"success": False, "error": "expired"}, status=401)
+        return web.json_response({"success": True, "data": {}})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/auth/refresh", refresh)
+    app.router.add_get("/api/v1/things", guarded)
+    base = await start_upstream(app)
+    async with aiohttp.ClientSession() as session:
+        api = soak.Api(session, base, tally.Tally())
+        user = soak.User("c@example.com", soak.Pacer(0.0))
+        api.hold(user, {"accessToken": "old", "refreshToken": "refresh-1", "expiresIn": 3600})
+        assert user.renew_at - time.monotonic() == pytest.approx(3540, abs=5)  # a minute before it expires
+        user.renew_at = time.monotonic()  # ... and that time has come
+
+        status, _ = await api.call("read", "GET", "/api/v1/things", user)
+        again, _ = await api.call("read", "GET", "/api/v1/things", user)
+
+    assert (status, again) == (200, 200)
+    assert refreshes == ["refresh-1"]  # once: the new token has an hour
+    assert (user.token, user.refresh_token) == ("fresh", "refresh-2")
+    assert api.counts.statuses["refresh"] == Counter({"200": 1})
