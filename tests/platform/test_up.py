@@ -55,6 +55,19 @@ async def health_detailed(url: str) -> dict[str, Any]:
     return data
 
 
+async def assert_docs_merge_every_service(url: str, services: list[str]) -> None:
+    """/api/docs/openapi.json holds each running service's own document under its public prefix."""
+    async with aiohttp.ClientSession() as session, session.get(url + "/api/docs/openapi.json") as response:
+        assert response.status == 200
+        document = await response.json()
+    statuses = {name: document["x-kadai"]["services"].get(name, {}).get("status") for name in services}
+    assert statuses == dict.fromkeys(services, "merged"), statuses
+    paths = document["paths"]
+    # Operations only the services' own documents describe, published under the gateway's prefixes.
+    assert "post" in paths["/api/v1/orders"] and "post" in paths["/api/v1/auth/login"]
+    assert "get" in paths["/api/v1/ai/forecast/{productId}"]
+
+
 async def run_demo(process: UpProcess) -> str:
     result = await asyncio.to_thread(run_kadai, ["demo", "--url", process.url], env=process.env, timeout=90)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{process.describe()}"
@@ -146,6 +159,7 @@ async def test_embedded_platform_serves_the_order_flow_and_stops_cleanly(
     assert limiter["backend"] == "in-process"
     states = {service["name"]: service["state"] for service in health["services"]}
     assert all(states[name] == "up" for name in started)
+    await assert_docs_merge_every_service(process.url, started)
 
     await run_demo(process)
     assert (await health_detailed(process.url))["components"]["rateLimiter"]["status"] == "ok"
