@@ -5,12 +5,15 @@ import asyncio
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support import REPO, GatewayProcess
 
@@ -59,6 +62,16 @@ def start_kadai_service(name: str, port: int, env: dict[str, str], log_path: Pat
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+async def sigterm_and_wait(process: subprocess.Popen[bytes], log_path: Path, timeout: float = 15.0) -> int:
+    """SIGTERM a process started by start_kadai_service and return its exit status; fails the test, with
+    the process's log, when it is still running after `timeout`."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.to_thread(process.wait, timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {timeout:.0f} s after SIGTERM; its log:\n{log_path.read_text()}")
 
 
 async def wait_until(

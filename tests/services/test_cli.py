@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from services.catalog import CATALOG
-from tests.process.helpers import clean_env, json_lines, run_kadai, start_kadai_service, wait_until
+from tests.process.helpers import clean_env, json_lines, run_kadai, sigterm_and_wait, start_kadai_service, wait_until
 from tests.support import REPO, free_port
 
 
@@ -44,11 +44,7 @@ async def test_kadai_service_runs_user_service_and_stops_cleanly_on_sigterm(tmp_
                 headers={"X-Request-ID": "cli-test-1"},
             ) as response:
                 assert response.status == 201
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(process.wait, 15)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"user-service still running 15 s after SIGTERM; its log:\n{log_path.read_text()}")
+        code = await sigterm_and_wait(process, log_path)
     finally:
         if process.poll() is None:
             process.kill()
@@ -135,11 +131,7 @@ async def test_kadai_service_runs_each_catalogue_service_on_its_port(tmp_path: P
                     return False
 
             await wait_until(answers, 20, f"{name} to answer on port {port}")
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.to_thread(process.wait, 15)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{name} still running 15 s after SIGTERM; its log:\n{log_path.read_text()}")
+        code = await sigterm_and_wait(process, log_path)
     finally:
         if process.poll() is None:
             process.kill()
