@@ -1,4 +1,5 @@
-"""Process-wide settings for the long-running commands (`kadai up`, `kadai gateway`, `kadai service`).
+"""Process-wide settings for the long-running commands (`kadai up`, `kadai gateway`, `kadai service`),
+and the drain delay their shutdowns share.
 
 - glibc's malloc raises its mmap threshold to the size of any large block freed (up to 32 MiB) and its
   trim threshold to twice that. asyncio reads a socket into a fresh 256 KiB buffer and shrinks it to
@@ -21,6 +22,8 @@
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import gc
 
@@ -48,3 +51,14 @@ def settle_garbage_collector() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
+async def keep_serving_while_draining(stop: asyncio.Event, delay: float) -> None:
+    """After the first stop signal: keep the listener open for `delay` seconds while health reports
+    draining, so health checks and load balancers take this process out before its port closes. A second
+    signal (stop set again) cuts it short."""
+    if delay <= 0:
+        return
+    stop.clear()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)

@@ -6,7 +6,6 @@ then exit 0. SIGHUP: reload registry.yaml now.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import os
@@ -24,7 +23,7 @@ from gateway.config.settings import Settings
 from gateway.dispatch import use_direct_dispatch
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
-from gateway.runtime import settle_garbage_collector
+from gateway.runtime import keep_serving_while_draining, settle_garbage_collector
 
 log = logging.getLogger("gateway.server")
 
@@ -73,11 +72,8 @@ async def serve(
         await stop.wait()
         gw.resources.draining = True
         if settings.drain_delay > 0:
-            # Keep serving while health says 503, so load balancers take this instance out first.
             log.info("shutting down: health reports draining", extra=log_fields(delay=settings.drain_delay))
-            stop.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.drain_delay)  # a second signal cuts it short
+        await keep_serving_while_draining(stop, settings.drain_delay)
         log.info("shutting down: draining in-flight requests", extra=log_fields(timeout=settings.drain_timeout))
     finally:
         # Handlers stay installed through the drain: a second SIGTERM (a process group signalled

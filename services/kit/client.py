@@ -151,27 +151,15 @@ class ServiceClient:
     async def _fetch_token(self) -> tuple[str, float, int]:
         """POST {KADAI_TOKEN_URL}/service-tokens with this service's credentials: (token, when it expires,
         its lifetime)."""
-        if self._session is None:
-            raise RuntimeError("the service client is not open")
         assert self.settings.token_url is not None and self.settings.service_secret is not None
         total = self.settings.call_timeout
         # Built here: aiohttp 3.14 deprecates BasicAuth, and its replacement is not in older releases.
         credentials = base64.b64encode(f"{self.service}:{self.settings.service_secret}".encode()).decode()
-        headers = {
-            "Authorization": f"Basic {credentials}",
-            "X-Request-ID": request_id_var.get() or _new_request_id(),
-            "Accept": "application/json",
-        }
         sent_at = time.time()
         details: dict[str, object] = {"service": _ISSUER}
         try:
-            async with self._session.post(
-                self.settings.token_url + TOKEN_PATH,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=total, connect=min(total, 2.0)),
-                allow_redirects=False,
-            ) as response:
-                raw = await response.read()
+            url = self.settings.token_url + TOKEN_PATH
+            status, body = await self._send("POST", url, f"Basic {credentials}", total)
         except TimeoutError:
             log.warning("user-service did not issue a service token in time", extra=log_fields(timeout=total))
             raise ServiceTokenUnavailable(f"{_ISSUER} did not issue a service token in time", details=details) from None
@@ -179,13 +167,9 @@ class ServiceClient:
             log.warning("user-service could not be reached for a service token", extra=log_fields(error=str(exc)))
             message = f"{_ISSUER} could not be reached for a service token"
             raise ServiceTokenUnavailable(message, details=details) from None
-        details["status"] = response.status
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
+        details["status"] = status
         data = body.get("data") if isinstance(body, dict) else None
-        if response.status == 200 and isinstance(data, dict):
+        if status == 200 and isinstance(data, dict):
             token, lifetime = data.get("accessToken"), data.get("expiresIn")
             if (
                 isinstance(token, str)
@@ -202,8 +186,8 @@ class ServiceClient:
         error = body.get("error") if isinstance(body, dict) else None
         log.warning(
             "user-service issued no service token"
-            + (": check KADAI_SERVICE_SECRET" if response.status == 401 else ""),
-            extra=log_fields(status=response.status, error=error),
+            + (": check KADAI_SERVICE_SECRET" if status == 401 else ""),
+            extra=log_fields(status=status, error=error),
         )
         raise ServiceTokenUnavailable(f"{_ISSUER} issued no service token", details=details)
 
@@ -219,35 +203,43 @@ class ServiceClient:
         token: str | None = None,
     ) -> ServiceReply:
         """Call `service` (a catalogue name) at path; any status comes back as a ServiceReply."""
-        if self._session is None:
-            raise RuntimeError("the service client is not open")
         total = timeout or self.settings.call_timeout
-        headers = {
-            "Authorization": f"Bearer {token or await self.service_token()}",
-            "X-Request-ID": request_id_var.get() or _new_request_id(),
-            "Accept": "application/json",
-        }
+        authorization = f"Bearer {token or await self.service_token()}"
         url = self.settings.service_url(service) + path
         try:
-            async with self._session.request(
-                method,
-                url,
-                json=json,
-                params=params,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=total, connect=min(total, 2.0)),
-                allow_redirects=False,
-            ) as response:
-                raw = await response.read()
+            status, body = await self._send(method, url, authorization, total, json=json, params=params)
         except TimeoutError:
             raise GatewayTimeout(f"{service} did not answer in time", details={"service": service}) from None
         except aiohttp.ClientError:
             raise BadGateway(f"{service} could not be reached", details={"service": service}) from None
+        return ServiceReply(status, body)
+
+    async def _send(
+        self, method: str, url: str, authorization: str, total: float, **options: Any
+    ) -> tuple[int, Any]:
+        """One request with the platform's conventions (the current request ID, JSON, no redirects, a total
+        timeout): (status, the JSON body or None). TimeoutError or aiohttp.ClientError when nothing answered."""
+        if self._session is None:
+            raise RuntimeError("the service client is not open")
+        headers = {
+            "Authorization": authorization,
+            "X-Request-ID": request_id_var.get() or _new_request_id(),
+            "Accept": "application/json",
+        }
+        async with self._session.request(
+            method,
+            url,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=total, connect=min(total, 2.0)),
+            allow_redirects=False,
+            **options,
+        ) as response:
+            raw = await response.read()
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
-        return ServiceReply(response.status, body)
+        return response.status, body
 
     async def get(self, service: str, path: str, **options: Any) -> ServiceReply:
         return await self.request("GET", service, path, **options)

@@ -8,7 +8,6 @@ they committed, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from aiohttp import web
 from gateway.config.errors import ConfigError
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
-from gateway.runtime import settle_garbage_collector
+from gateway.runtime import keep_serving_while_draining, settle_garbage_collector
 from services.kit.app import build_app
 from services.kit.db import MigrationError
 from services.kit.keys import RUNTIME_KEY
@@ -55,12 +54,8 @@ async def serve(service: Service, settings: ServiceSettings, host: str, port: in
         app[RUNTIME_KEY].draining = True  # health answers 503 "draining" from here on
         delay = settings.platform.drain_delay
         if delay > 0:
-            # Keep serving while health says 503, so the gateway's health checks and load balancers
-            # take this instance out before the listener closes.
             log.info("shutting down: health reports draining", extra=log_fields(delay=delay))
-            stop.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)  # a second signal cuts it short
+        await keep_serving_while_draining(stop, delay)
         log.info("shutting down: draining", extra=log_fields(timeout=settings.platform.drain_timeout))
     finally:
         # Handlers stay installed through the drain: a second signal must not kill finishing work.
