@@ -13,6 +13,7 @@ from multidict import CIMultiDict
 
 import gateway
 from gateway.envelope import utc_timestamp
+from gateway.event_loop import running_event_loop
 from gateway.errors import MethodNotAllowed
 from gateway.exchange import Exchange, Reply
 from gateway.middleware.base import Handler
@@ -87,6 +88,7 @@ class _Endpoints:
         data = {
             "version": gateway.__version__,
             "pid": os.getpid(),
+            "eventLoop": running_event_loop(),
             "startedAt": utc_timestamp(resources.started_at),
             "uptimeSeconds": round(time.time() - resources.started_at, 3),
             "draining": resources.draining,

@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings
 from gateway.dispatch import use_direct_dispatch
+from gateway.event_loop import loop_factory, running_event_loop
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
 from gateway.runtime import keep_serving_while_draining, settle_garbage_collector
@@ -63,6 +64,7 @@ async def serve(
             f"gateway listening on http://{host}:{port}",
             extra=log_fields(
                 pid=os.getpid(),
+                eventLoop=running_event_loop(),
                 services=len(gw.table.services),
                 routes=len(gw.table.routes),
                 settings=gw.resources.settings.public_view(),
@@ -85,7 +87,8 @@ async def serve(
 
 
 def run_single(settings: Settings, registry: str | Path, host: str, port: int, reuse_port: bool = False) -> int:
-    asyncio.run(serve(settings, registry, host, port, reuse_port=reuse_port))
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings, registry, host, port, reuse_port=reuse_port))
     return 0
 
 

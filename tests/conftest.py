@@ -1,11 +1,14 @@
 """Fixtures shared by every test: loopback upstream servers, registries and gateways."""
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -15,6 +18,32 @@ from tests import backends
 from tests.support import GatewayProcess
 
 StartUpstream = Callable[[web.Application], Awaitable[str]]
+
+
+# The gateway's in-process tests run on both loops: asyncio's, and uvloop, which `kadai gateway` serves
+# on. KADAI_TEST_LOOP=asyncio or =uvloop runs every asyncio test on that one loop instead.
+_BOTH_LOOPS = ("integration", "upstream")
+_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    forced = os.environ.get("KADAI_TEST_LOOP")
+    if forced is not None and forced not in _LOOPS:
+        raise pytest.UsageError(f"KADAI_TEST_LOOP must be asyncio or uvloop, not {forced!r}")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    forced = os.environ.get("KADAI_TEST_LOOP")
+    if forced is not None:
+        return {forced: _LOOPS[forced]}
+    if Path(item.path).parent.name in _BOTH_LOOPS:
+        return dict(_LOOPS)
+    return {"asyncio": asyncio.new_event_loop}
 
 
 StopServer = Callable[[], Awaitable[None]]

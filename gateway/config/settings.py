@@ -13,6 +13,7 @@ from typing import Literal
 from yarl import URL
 
 from gateway.config.errors import ConfigError
+from gateway.event_loop import EVENT_LOOPS, EventLoopName, default_event_loop, uvloop_installed
 from gateway.units import parse_duration
 
 DEV_JWT_SECRET = "kadai-jwt-secret-dev-key-2024"
@@ -81,6 +82,8 @@ class Settings:
     reload_interval: float = 0.5
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     """Seconds a client has to send a request's headers (slow clients are cut off past it)."""
+    event_loop: EventLoopName = field(default_factory=default_event_loop)
+    """The loop `kadai gateway` serves on (KADAI_EVENT_LOOP; uvloop by default where it is installed)."""
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{key}={value!r}" for key, value in self.public_view().items())
@@ -128,6 +131,7 @@ class Settings:
             },
             "logLevel": self.log_level,
             "registry": self.registry_path,
+            "eventLoop": self.event_loop,
         }
 
 
@@ -215,6 +219,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if durations["KADAI_HEADER_TIMEOUT"] <= 0:
         problems.append("KADAI_HEADER_TIMEOUT: must be above zero")
 
+    event_loop = env.get("KADAI_EVENT_LOOP", "").strip().lower() or default_event_loop()
+    if event_loop not in EVENT_LOOPS:
+        problems.append(f"KADAI_EVENT_LOOP: expected uvloop or asyncio, got {event_loop!r}")
+        event_loop = "asyncio"
+    elif event_loop == "uvloop" and not uvloop_installed():
+        problems.append("KADAI_EVENT_LOOP: uvloop is not installed (pip install uvloop), or set asyncio")
+        event_loop = "asyncio"
+
     if problems:
         raise ConfigError("environment", problems)
     return Settings(
@@ -229,6 +241,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         drain_delay=durations["KADAI_DRAIN_DELAY"],
         reload_interval=durations["KADAI_RELOAD_INTERVAL"],
         header_timeout=durations["KADAI_HEADER_TIMEOUT"],
+        event_loop=event_loop,  # type: ignore[arg-type]
     )
 
 

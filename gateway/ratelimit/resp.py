@@ -81,8 +81,8 @@ class RespConnection(asyncio.Protocol):
         """Done once the transport has closed its socket."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not isinstance(transport, asyncio.Transport): uvloop's transports do not derive from it.
+        self.transport = transport  # type: ignore[assignment]
 
     def call(self, command: bytes, timeout: float | None = None) -> asyncio.Future[Reply]:
         """Queue a packed command; raises ConnectionError when the connection is closed or overloaded.

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 import gateway
@@ -112,6 +113,8 @@ async def test_gateway_status(
     assert data["version"] == gateway.__version__
     assert isinstance(data["uptimeSeconds"], (int, float)) and data["uptimeSeconds"] >= 0
     assert isinstance(data["pid"], int)
+    # This test runs on asyncio's loop and on uvloop.
+    assert data["eventLoop"] == ("uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio")
     assert data["draining"] is False
     assert data["config"]["revision"] == 1
     assert data["config"]["lastReload"] is None

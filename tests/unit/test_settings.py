@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+import gateway.config.settings as settings_module
 from gateway.config.errors import ConfigError
 from gateway.config.settings import DEV_JWT_SECRET, Settings, load_settings, mask_url
 
@@ -182,6 +183,7 @@ def test_public_view_hides_secrets() -> None:
         },
         "logLevel": "INFO",
         "registry": "registry.yaml",
+        "eventLoop": "uvloop",
     }
 
 
@@ -204,3 +206,24 @@ def test_public_view_names_the_development_secret() -> None:
 )
 def test_mask_url(url: str, masked: str) -> None:
     assert mask_url(url) == masked
+
+
+def test_event_loop_is_uvloop_by_default_and_asyncio_on_request() -> None:
+    assert load_settings({}).event_loop == "uvloop"  # uvloop is a dependency of the package
+    assert load_settings({"KADAI_EVENT_LOOP": " AsyncIO "}).event_loop == "asyncio"
+    assert load_settings({"KADAI_EVENT_LOOP": "uvloop"}).public_view()["eventLoop"] == "uvloop"
+
+
+def test_event_loop_values_are_checked() -> None:
+    assert problems_of({"KADAI_EVENT_LOOP": "tokio"}) == (
+        "KADAI_EVENT_LOOP: expected uvloop or asyncio, got 'tokio'",
+    )
+
+
+def test_without_uvloop_the_default_is_asyncio_and_asking_for_it_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "uvloop_installed", lambda: False)
+    monkeypatch.setattr(settings_module, "default_event_loop", lambda: "asyncio")
+    assert load_settings({}).event_loop == "asyncio"
+    assert problems_of({"KADAI_EVENT_LOOP": "uvloop"}) == (
+        "KADAI_EVENT_LOOP: uvloop is not installed (pip install uvloop), or set asyncio",
+    )
