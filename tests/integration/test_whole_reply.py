@@ -119,3 +119,22 @@ def test_header_block_refuses_cr_and_lf_anywhere(status_line: str, name: str, va
 
     with pytest.raises(ValueError, match="Newline or carriage return"):
         header_block(status_line, CIMultiDict([(name, value)]))
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x0b", "\x1f", "\x7f"])
+def test_header_block_refuses_the_control_characters_aiohttp_refuses(char: str) -> None:
+    from multidict import CIMultiDict
+
+    with pytest.raises(ValueError):
+        header_block("HTTP/1.1 200 OK", CIMultiDict([("X-Evil", f"a{char}b")]))
+    with pytest.raises(ValueError):
+        header_block("HTTP/1.1 200 OK", CIMultiDict([(f"X-E{char}vil", "a")]))
+
+
+def test_header_block_keeps_tabs_and_non_ascii_bytes_and_formats_non_string_values() -> None:
+    from multidict import CIMultiDict
+
+    upstream_bytes = b"caf\xe9".decode("utf-8", "surrogateescape")  # how the pool decodes header bytes
+    block = header_block("HTTP/1.1 200 OK", CIMultiDict([("A", "x\ty"), ("B", upstream_bytes), ("C", 5)]))  # type: ignore[list-item]
+    assert block == b"HTTP/1.1 200 OK\r\nA: x\ty\r\nB: caf\xe9\r\nC: 5\r\n\r\n"
+    assert header_block("HTTP/1.1 204 No Content", CIMultiDict()) == b"HTTP/1.1 204 No Content\r\n\r\n"
