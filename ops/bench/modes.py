@@ -60,7 +60,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def throughput(rig: Rig, args: argparse.Namespace) -> Outcome:
-    targets = [Target("direct", rig.upstream_port), rig.add_naive(), rig.add_gateway("gateway-bare", "bare")]
+    targets = [Target("direct", rig.upstream_port), rig.add_naive(), rig.add_floor(),
+               rig.add_gateway("gateway-bare", "bare")]
     if args.with_default:
         targets.append(rig.add_gateway("gateway-default", "default"))
     full = rig.add_gateway("gateway-full", "full")

@@ -116,6 +116,7 @@ def machine_info(proxy_cpus: str, load_cpus: str, upstream: str) -> dict[str, An
         "nproc": os.cpu_count(), "cpu_model": models[0] if models else platform.machine(),
         "kernel": platform.release(), "python": platform.python_version(),
         "aiohttp": importlib.metadata.version("aiohttp"), "gateway": importlib.metadata.version("kadai-gateway"),
+        "gateway_loop": _gateway_loop(),
         "commit": _git("rev-parse", "--short", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", "gateway")),
         "wrk": wrk.version(), "nginx": _tool_version(["nginx", "-v"]), "caddy": _tool_version(["caddy", "version"]),
         "redis": _tool_version(["redis-server", "--version"]), "upstream": upstream,
@@ -123,10 +124,19 @@ def machine_info(proxy_cpus: str, load_cpus: str, upstream: str) -> dict[str, An
     }
 
 
+def _gateway_loop() -> str:
+    """The event loop the gateway serves on in the bench (KADAI_EVENT_LOOP is not passed to it)."""
+    try:
+        return f"uvloop {importlib.metadata.version('uvloop')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "asyncio"
+
+
 def machine_line(machine: dict[str, Any]) -> str:
     return ("machine: {nproc} cores ({cpu_model}), Python {python}, aiohttp {aiohttp}, gateway {gateway} at {commit}"
-            "{dirt}, upstream {upstream}; proxies on core {proxy_cpus}, load (wrk, upstream, Redis) on core "
-            "{load_cpus}").format(**machine, dirt=" (gateway/ modified)" if machine["dirty"] else "")
+            "{dirt} on {loop}, upstream {upstream}; proxies on core {proxy_cpus}, load (wrk, upstream, Redis) on core "
+            "{load_cpus}").format(**machine, dirt=" (gateway/ modified)" if machine["dirty"] else "",
+                                  loop=machine.get("gateway_loop", "asyncio"))
 
 
 def write_json(path: Path, mode: str, machine: dict[str, Any], settings: dict[str, Any], **results: Any) -> None:

@@ -159,6 +159,10 @@ class Rig:
         return self.add("naive", [sys.executable, str(HERE / "naive_proxy.py"), "--port", "$port",
                                   "--upstream", f"http://127.0.0.1:{self.upstream_port}"])
 
+    def add_floor(self) -> Target:
+        return self.add("floor", [sys.executable, str(HERE / "floor_proxy.py"), "--port", "$port",
+                                  "--upstream", f"http://127.0.0.1:{self.upstream_port}"])
+
     def add_gateway(self, name: str, registry: str, *, workers: int = 1, cpus: str | None = None) -> Target:
         """The gateway on registries/<registry>.yaml; the full chain gets a token and the bench's Redis."""
         path = self.tmp / f"{name}.yaml"
