@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.conftest import StartUpstream
 from tests.support import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
 
+Seen = list[tuple[str, str, str | None]]
+
+
 @pytest.fixture
-async def upstream() -> AsyncIterator[tuple[str, list[tuple[str, str, str | None]]]]:
-    seen: list[tuple[str, str, str | None]] = []
+async def upstream(start_upstream: StartUpstream) -> tuple[str, Seen]:
+    seen: Seen = []
 
     async def answer(request: web.Request) -> web.Response:
         seen.append((request.method, request.raw_path, request.headers.get("X-Probe")))
@@ -27,15 +30,10 @@ async def upstream() -> AsyncIterator[tuple[str, list[tuple[str, str, str | None
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    return await start_upstream(app), seen
 
 
-async def test_floor_proxy_round_trips_through_the_pool(upstream: tuple[str, list[tuple[str, str, str | None]]]) -> None:
+async def test_floor_proxy_round_trips_through_the_pool(upstream: tuple[str, Seen]) -> None:
     url, seen = upstream
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(REPO / "ops/bench/floor_proxy.py"), "--port", str(port),

@@ -1,7 +1,7 @@
 """`kadai gateway` serves on uvloop by default; KADAI_EVENT_LOOP=asyncio keeps asyncio's own loop."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -9,24 +9,20 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.support import GatewayProcess, free_port, service, write_registry
+from tests.conftest import StartUpstream
+from tests.support import GatewayProcess, service, write_registry
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def echo_url() -> AsyncIterator[str]:
+async def echo_url(start_upstream: StartUpstream) -> str:
     async def echo(request: web.Request) -> web.Response:
         return web.json_response({"method": request.method, "body": (await request.text())})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    return await start_upstream(app)
 
 
 async def _serves_on(gw: GatewayProcess) -> str:
@@ -47,21 +43,13 @@ def _listening_line(gw: GatewayProcess) -> dict[str, object]:
     return orjson.loads(line)  # type: ignore[no-any-return]
 
 
-async def test_uvloop_by_default(
-    tmp_path: Path, gateway_process: Callable[..., GatewayProcess], echo_url: str
+@pytest.mark.parametrize(("setting", "loop"), [("", "uvloop"), ("asyncio", "asyncio"), ("uvloop", "uvloop")])
+async def test_the_gateway_serves_on_the_loop_asked_for(
+    tmp_path: Path, gateway_process: Callable[..., GatewayProcess], echo_url: str, setting: str, loop: str
 ) -> None:
+    """KADAI_EVENT_LOOP unset (""): uvloop, a dependency of the package."""
     registry = write_registry(tmp_path / "registry.yaml", {"users": service([echo_url], "/api/v1/users")})
-    gw = gateway_process(registry, env={"KADAI_EVENT_LOOP": ""})
+    gw = gateway_process(registry, env={"KADAI_EVENT_LOOP": setting})
 
-    assert await _serves_on(gw) == "uvloop"
-    assert _listening_line(gw)["eventLoop"] == "uvloop"
-
-
-async def test_asyncio_on_request(
-    tmp_path: Path, gateway_process: Callable[..., GatewayProcess], echo_url: str
-) -> None:
-    registry = write_registry(tmp_path / "registry.yaml", {"users": service([echo_url], "/api/v1/users")})
-    gw = gateway_process(registry, env={"KADAI_EVENT_LOOP": "asyncio"})
-
-    assert await _serves_on(gw) == "asyncio"
-    assert _listening_line(gw)["eventLoop"] == "asyncio"
+    assert await _serves_on(gw) == loop
+    assert _listening_line(gw)["eventLoop"] == loop
