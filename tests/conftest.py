@@ -20,9 +20,14 @@ from tests.support import GatewayProcess
 StartUpstream = Callable[[web.Application], Awaitable[str]]
 
 
-# The gateway's in-process tests run on both loops: asyncio's, and uvloop, which `kadai gateway` serves
-# on. KADAI_TEST_LOOP=asyncio or =uvloop runs every asyncio test on that one loop instead.
-_BOTH_LOOPS = ("integration", "upstream")
+# Tests of what touches sockets and the loop directly run on both loops: asyncio's, and uvloop, which
+# `kadai gateway` serves on (the process and fault tests start real gateways, so they run on uvloop).
+# KADAI_TEST_LOOP=asyncio or =uvloop runs every asyncio test on that one loop instead.
+_BOTH_LOOPS_DIRS = frozenset({"upstream"})
+_BOTH_LOOPS_MODULES = frozenset({
+    "test_admin", "test_client_aborts", "test_expect", "test_headers_hygiene", "test_redis_batch",
+    "test_reply_edges", "test_streaming", "test_whole_reply",
+})
 _LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
     "uvloop": uvloop.new_event_loop,
@@ -41,7 +46,8 @@ def pytest_asyncio_loop_factories(
     forced = os.environ.get("KADAI_TEST_LOOP")
     if forced is not None:
         return {forced: _LOOPS[forced]}
-    if Path(item.path).parent.name in _BOTH_LOOPS:
+    path = Path(item.path)
+    if path.parent.name in _BOTH_LOOPS_DIRS or (path.parent.name == "integration" and path.stem in _BOTH_LOOPS_MODULES):
         return dict(_LOOPS)
     return {"asyncio": asyncio.new_event_loop}
 
