@@ -13,8 +13,8 @@ from multidict import CIMultiDict
 
 import gateway
 from gateway.envelope import utc_timestamp
-from gateway.event_loop import running_event_loop
 from gateway.errors import MethodNotAllowed
+from gateway.event_loop import running_event_loop
 from gateway.exchange import Exchange, Reply
 from gateway.middleware.base import Handler
 

@@ -2,9 +2,9 @@
 
 uvloop runs the loop, its timers and its socket transports in C (libuv). On the proxied path that is
 what asyncio does in Python for every request: a Handle per callback, the selector's bookkeeping, the
-transport's write and read wrappers. `ops/bench/run` measured 6-9 % less CPU per request with it.
-The gateway's own code runs the same on both loops; the test suite runs on either
-(KADAI_TEST_LOOP=uvloop).
+transport's write and read wrappers. Interleaved A/B rounds of the benchmark measured 8-10 % less CPU
+per proxied request with it. The gateway's own code runs the same on both loops; the tests of what
+touches sockets and the loop run on both (KADAI_TEST_LOOP picks one for every test).
 """
 from __future__ import annotations
 
