@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import sys
 import time
 from contextvars import ContextVar
@@ -17,6 +18,11 @@ import orjson
 from gateway.envelope import utc_timestamp
 
 request_id_var: ContextVar[str | None] = ContextVar("kadai_request_id", default=None)
+
+
+def new_request_id() -> str:
+    """A fresh request ID from the OS's randomness, for a request or a task that came with none."""
+    return "req_" + os.urandom(12).hex()
 
 _RESERVED = frozenset(("timestamp", "level", "service", "requestId", "message"))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -29,7 +28,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from gateway.config.settings import DEFAULT_HEADER_TIMEOUT
 from gateway.envelope import error_body
 from gateway.exchange import JSON_CONTENT_TYPE, SERVER
-from gateway.logs import log_fields, request_id_var
+from gateway.logs import log_fields, new_request_id, request_id_var
 
 log = logging.getLogger("gateway.protocol")
 
@@ -118,7 +117,7 @@ class EnvelopeRequestHandler(RequestHandler):  # type: ignore[type-arg]
             log.debug("closed a connection that sent no request in time", extra=fields)
             self.force_close()
             return
-        request_id = "req_" + os.urandom(12).hex()
+        request_id = new_request_id()
         token = request_id_var.set(request_id)
         try:
             log.info("closed a connection: the request headers did not arrive in time", extra=fields)
@@ -144,7 +143,7 @@ class EnvelopeRequestHandler(RequestHandler):  # type: ignore[type-arg]
         if request.writer.output_size > 0:
             # Part of a response is out already: nothing can be answered on this connection any more.
             raise ConnectionError("response already started; the connection is closed")
-        request_id = "req_" + os.urandom(12).hex()
+        request_id = new_request_id()
         token = request_id_var.set(request_id)
         try:
             if isinstance(exc, HttpProcessingError):

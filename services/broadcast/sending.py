@@ -10,12 +10,11 @@ from contextlib import asynccontextmanager
 
 import orjson
 
-from gateway.logs import log_fields, request_id_var
+from gateway.logs import log_fields, new_request_id, request_id_var
 from services.broadcast import store
 from services.broadcast.config import BroadcastConfig
 from services.broadcast.events import BROADCAST_REQUESTED, recipient_kind
 from services.kit import Database, Row, Runtime, Transaction
-from services.kit.http import new_request_id
 
 log = logging.getLogger("services.broadcast")
 

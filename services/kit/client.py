@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.logs import log_fields, request_id_var
+from gateway.logs import log_fields, new_request_id, request_id_var
 from services.kit.errors import BadGateway, GatewayTimeout
 from services.kit.settings import ServiceSettings
 from services.kit.tokens import TokenSigner
@@ -223,7 +222,7 @@ class ServiceClient:
             raise RuntimeError("the service client is not open")
         headers = {
             "Authorization": authorization,
-            "X-Request-ID": request_id_var.get() or _new_request_id(),
+            "X-Request-ID": request_id_var.get() or new_request_id(),
             "Accept": "application/json",
         }
         async with self._session.request(
@@ -255,7 +254,3 @@ class ServiceClient:
 
     async def delete(self, service: str, path: str, **options: Any) -> ServiceReply:
         return await self.request("DELETE", service, path, **options)
-
-
-def _new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import sqlite3
 import time
@@ -21,7 +20,7 @@ from pydantic import TypeAdapter
 
 from gateway.envelope import error_body, success_body
 from gateway.exchange import JSON_CONTENT_TYPE
-from gateway.logs import log_fields, request_id_var
+from gateway.logs import log_fields, new_request_id, request_id_var
 from services.kit.errors import Forbidden, GatewayError, InternalError, ServiceUnavailable
 from services.kit.identity import authenticate
 from services.kit.keys import REQUEST_ID_KEY
@@ -35,10 +34,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
 _JSON = TypeAdapter(Any)
-
-
-def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
 
 
 def error_response(error: GatewayError, request_id: str | None) -> web.Response:
