@@ -114,6 +114,12 @@ def _bearer(sub: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_token(Settings(), sub, 'customer')}"}
 
 
+def _limits(tiers: dict[str, tuple[int, str]]) -> dict[str, Any]:
+    """Limits for the tests where every decision must reach the cluster: the limiter's 20 ms default would
+    let a loaded CI machine fail open now and then (a slow answer is not what these tests are about)."""
+    return limits(tiers, timeout="500ms")
+
+
 async def _statuses(client: Client, sub: str, count: int) -> list[int]:
     result = []
     for _ in range(count):
@@ -137,7 +143,7 @@ async def test_clients_spread_over_the_nodes_and_each_is_limited(
 ) -> None:
     upstream = await start_recorder("users")
     client = await make_client(
-        users_registry(tmp_path / "registry.yaml", upstream.url, limits({"minute": (3, "1m")}), auth=True)
+        users_registry(tmp_path / "registry.yaml", upstream.url, _limits({"minute": (3, "1m")}), auth=True)
     )
     assert isinstance(limiter_of(client).backend, RedisBackend)  # not the single-node batched backend
 
@@ -156,7 +162,7 @@ async def test_two_gateways_on_the_cluster_enforce_one_limit(
     make_client: MakeClient, tmp_path: Path, start_recorder: StartRecorder
 ) -> None:
     upstream = await start_recorder("users")
-    registry = users_registry(tmp_path / "registry.yaml", upstream.url, limits({"minute": (10, "1m")}), auth=True)
+    registry = users_registry(tmp_path / "registry.yaml", upstream.url, _limits({"minute": (10, "1m")}), auth=True)
     first, second = await make_client(registry), await make_client(registry)
 
     results = await asyncio.gather(*(_statuses(gateway, "shared-user", 8) for gateway in (first, second)))
@@ -170,7 +176,7 @@ async def test_a_flushed_script_cache_is_reloaded_on_every_node(
 ) -> None:
     upstream = await start_recorder("users")
     client = await make_client(
-        users_registry(tmp_path / "registry.yaml", upstream.url, limits({"minute": (100, "1m")}), auth=True)
+        users_registry(tmp_path / "registry.yaml", upstream.url, _limits({"minute": (100, "1m")}), auth=True)
     )
     assert await _statuses(client, "before-flush", 1) == [200]
     backend = limiter_of(client).backend
