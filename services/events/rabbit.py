@@ -128,17 +128,16 @@ class RabbitBus:
     async def _connect(self) -> None:
         failures = 0
         while True:
-            connection: AbstractRobustConnection | None = None
+            # Built here rather than by aio_pika.connect_robust(): an attempt that fails or is cancelled
+            # must be closed by us, or its reconnection task outlives the bus (and holds up the loop's end).
+            connection: AbstractRobustConnection = aio_pika.RobustConnection(
+                self.url, reconnect_interval=self.settings.reconnect_interval
+            )
             try:
-                connection = await aio_pika.connect_robust(
-                    self.url,
-                    timeout=self.settings.connect_timeout,
-                    reconnect_interval=self.settings.reconnect_interval,
-                )
+                await connection.connect(timeout=self.settings.connect_timeout)
                 await self._declare(connection)
             except asyncio.CancelledError:
-                if connection is not None:
-                    await _close_quietly(connection)
+                await _close_quietly(connection)
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried in the background
                 self._last_error = _describe(exc)
@@ -150,8 +149,7 @@ class RabbitBus:
                         ),
                     )
                 failures += 1
-                if connection is not None:
-                    await _close_quietly(connection)
+                await _close_quietly(connection)
                 self._exchange = None
                 await asyncio.sleep(self.settings.reconnect_interval)
                 continue
