@@ -51,6 +51,7 @@ from services.events.bus import (
     Subscription,
     Topology,
 )
+from services.events.broker_sockets import TrackedSockets, plain_connection, robust_connection
 from services.events.event import Event, MalformedEvent
 from services.events.log_noise import quiet_reconnect_attempts
 
@@ -83,6 +84,7 @@ class RabbitBus:
         # Named after the service, so it can be told apart (and closed) on the broker.
         self.url = URL(settings.amqp_url).update_query(name=f"{service} [{settings.events_prefix}]")
         self._connection: AbstractRobustConnection | None = None
+        self._sockets: TrackedSockets | None = None
         self._exchange: AbstractExchange | None = None
         self._publish_channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
@@ -129,15 +131,16 @@ class RabbitBus:
         failures = 0
         while True:
             # Built here rather than by aio_pika.connect_robust(): an attempt that fails or is cancelled
-            # must be closed by us, or its reconnection task outlives the bus (and holds up the loop's end).
-            connection: AbstractRobustConnection = aio_pika.RobustConnection(
-                self.url, reconnect_interval=self.settings.reconnect_interval
-            )
+            # must be closed by us, or its reconnection task outlives the bus (and holds up the loop's end),
+            # and so must the socket of a handshake it abandoned.
+            sockets = TrackedSockets(self.url)
+            connection = robust_connection(self.url, sockets, self.settings.reconnect_interval)
             try:
                 await connection.connect(timeout=self.settings.connect_timeout)
                 await self._declare(connection)
             except asyncio.CancelledError:
                 await _close_quietly(connection)
+                sockets.close_all()
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried in the background
                 self._last_error = _describe(exc)
@@ -150,11 +153,12 @@ class RabbitBus:
                     )
                 failures += 1
                 await _close_quietly(connection)
+                sockets.close_all()
                 self._exchange = None
                 await asyncio.sleep(self.settings.reconnect_interval)
                 continue
             break
-        self._connection = connection
+        self._connection, self._sockets = connection, sockets
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
         self._last_error = None
@@ -336,6 +340,9 @@ class RabbitBus:
         if self._connection is not None:
             await _close_quietly(self._connection)
             self._connection = None
+        if self._sockets is not None:  # a reconnection attempt that close() cut short
+            self._sockets.close_all()
+            self._sockets = None
         self._exchange = None
         self._publish_channel = None
 
@@ -343,11 +350,14 @@ class RabbitBus:
     async def _admin_channel(self) -> AsyncIterator[AbstractChannel]:
         """A short-lived connection of its own, for the dead-letter commands (the service may be down)."""
         url = URL(self.settings.amqp_url).update_query(name=f"kadai events dlq {self.service}")
-        connection = await aio_pika.connect(url, timeout=self.settings.connect_timeout)
+        sockets = TrackedSockets(url)
+        connection = plain_connection(url, sockets)
         try:
+            await connection.connect(timeout=self.settings.connect_timeout)
             yield await connection.channel(publisher_confirms=True)
         finally:
             await _close_quietly(connection)
+            sockets.close_all()
 
     async def _dead_letter_queue(self, channel: AbstractChannel) -> AbstractQueue:
         try:
