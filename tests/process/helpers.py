@@ -110,7 +110,8 @@ async def connect_refused(port: int, host: str = "127.0.0.1") -> bool:
     """True if a new TCP connection to host:port is refused; False if it was accepted."""
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: the connection was still in the backlog when the listener closed, so it is gone too.
         return True
     writer.close()
     try:
