@@ -20,6 +20,14 @@ class TrackedSockets(TransportFactory):
         self._opener: TransportFactory = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
         self._writers: list[asyncio.StreamWriter] = []
 
+    @classmethod
+    def attach(cls, connection: aio_pika.Connection) -> TrackedSockets:
+        """Open every socket of connection (and of its reconnections) through a new tracker."""
+        sockets = cls(connection.url)
+        # aio-pika keeps only the keyword arguments it knows; what is in .kwargs goes to aiormq.connect().
+        connection.kwargs["transport_factory"] = sockets
+        return sockets
+
     async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await self._opener.create(url, **kwargs)
         # Forget what is already closed, so a long run of reconnections does not grow the list.
@@ -27,26 +35,9 @@ class TrackedSockets(TransportFactory):
         self._writers.append(writer)
         return reader, writer
 
-    @property
-    def open_count(self) -> int:
-        return sum(not writer.is_closing() for writer in self._writers)
-
     def close_all(self) -> None:
         """Close every socket still open: only for a connection that is closed or was given up."""
         for writer in self._writers:
             if not writer.is_closing():
                 writer.close()
         self._writers.clear()
-
-
-def robust_connection(url: URL, sockets: TrackedSockets, reconnect_interval: float) -> aio_pika.RobustConnection:
-    connection = aio_pika.RobustConnection(url, reconnect_interval=reconnect_interval)
-    # aio-pika keeps only the keyword arguments it knows; what is in .kwargs goes to aiormq.connect().
-    connection.kwargs["transport_factory"] = sockets
-    return connection
-
-
-def plain_connection(url: URL, sockets: TrackedSockets) -> aio_pika.Connection:
-    connection = aio_pika.Connection(url)
-    connection.kwargs["transport_factory"] = sockets
-    return connection

@@ -51,7 +51,7 @@ from services.events.bus import (
     Subscription,
     Topology,
 )
-from services.events.broker_sockets import TrackedSockets, plain_connection, robust_connection
+from services.events.broker_sockets import TrackedSockets
 from services.events.event import Event, MalformedEvent
 from services.events.log_noise import quiet_reconnect_attempts
 
@@ -133,14 +133,13 @@ class RabbitBus:
             # Built here rather than by aio_pika.connect_robust(): an attempt that fails or is cancelled
             # must be closed by us, or its reconnection task outlives the bus (and holds up the loop's end),
             # and so must the socket of a handshake it abandoned.
-            sockets = TrackedSockets(self.url)
-            connection = robust_connection(self.url, sockets, self.settings.reconnect_interval)
+            connection = aio_pika.RobustConnection(self.url, reconnect_interval=self.settings.reconnect_interval)
+            sockets = TrackedSockets.attach(connection)
             try:
                 await connection.connect(timeout=self.settings.connect_timeout)
                 await self._declare(connection)
             except asyncio.CancelledError:
-                await _close_quietly(connection)
-                sockets.close_all()
+                await _close_quietly(connection, sockets)
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried in the background
                 self._last_error = _describe(exc)
@@ -152,8 +151,7 @@ class RabbitBus:
                         ),
                     )
                 failures += 1
-                await _close_quietly(connection)
-                sockets.close_all()
+                await _close_quietly(connection, sockets)
                 self._exchange = None
                 await asyncio.sleep(self.settings.reconnect_interval)
                 continue
@@ -338,11 +336,8 @@ class RabbitBus:
                 await self._connector
             self._connector = None
         if self._connection is not None:
-            await _close_quietly(self._connection)
-            self._connection = None
-        if self._sockets is not None:  # a reconnection attempt that close() cut short
-            self._sockets.close_all()
-            self._sockets = None
+            await _close_quietly(self._connection, self._sockets)
+            self._connection = self._sockets = None
         self._exchange = None
         self._publish_channel = None
 
@@ -350,14 +345,13 @@ class RabbitBus:
     async def _admin_channel(self) -> AsyncIterator[AbstractChannel]:
         """A short-lived connection of its own, for the dead-letter commands (the service may be down)."""
         url = URL(self.settings.amqp_url).update_query(name=f"kadai events dlq {self.service}")
-        sockets = TrackedSockets(url)
-        connection = plain_connection(url, sockets)
+        connection = aio_pika.Connection(url)
+        sockets = TrackedSockets.attach(connection)
         try:
             await connection.connect(timeout=self.settings.connect_timeout)
             yield await connection.channel(publisher_confirms=True)
         finally:
-            await _close_quietly(connection)
-            sockets.close_all()
+            await _close_quietly(connection, sockets)
 
     async def _dead_letter_queue(self, channel: AbstractChannel) -> AbstractQueue:
         try:
@@ -472,6 +466,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-async def _close_quietly(connection: Any) -> None:
+async def _close_quietly(connection: Any, sockets: TrackedSockets | None) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(connection.close(), 5.0)
+    if sockets is not None:  # what the close left open: a handshake or a reconnection it cut short
+        sockets.close_all()
