@@ -120,7 +120,7 @@ class Forwarder:
         timer = self._upstream_timers.get(service.name)
         if timer is None:
             timer = self._upstream_timers[service.name] = self.resources.metrics.upstream_seconds.labels(service.name)
-        timer.observe(time.perf_counter() - started)
+        self.resources.metrics.tally.observe(timer, time.perf_counter() - started)
         if not 200 <= response.status <= 599:
             # 1xx here would be an unsolicited interim or a switch of protocols nobody asked for.
             response.close()

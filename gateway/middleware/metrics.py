@@ -27,26 +27,28 @@ class MetricsMiddleware(Middleware):
     def __init__(self, config: MiddlewareConfig, context: BuildContext) -> None:
         super().__init__(config, context)
         self.metrics: GatewayMetrics = context.resources.metrics
+        self.tally = self.metrics.tally
+        self.in_flight = self.metrics.in_flight
         self.duration = self.metrics.request_seconds.labels(context.service)
         self.recent = recent_stats(self.metrics).window(context.service)
         self._counters: dict[tuple[str, int], Any] = {}
         """Counter children by (method, status): labels() locks and hashes its arguments on every call."""
 
     async def __call__(self, exchange: Exchange, call_next: Handler) -> Reply:
-        self.metrics.in_flight.inc()
+        self.tally.add(self.in_flight)
         exchange.on_finish(self._record)
         return await call_next(exchange)
 
     def _record(self, exchange: Exchange) -> None:
-        metrics = self.metrics
-        metrics.in_flight.dec()
+        tally = self.tally
+        tally.add(self.in_flight, -1)
         key = (exchange.request.method, exchange.status // 100)
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counter(exchange, key)
-        counter.inc()
+        tally.add(counter)
         elapsed = exchange.elapsed
-        self.duration.observe(elapsed)
+        tally.observe(self.duration, elapsed)
         self.recent.record(exchange.status, elapsed)
 
     def _counter(self, exchange: Exchange, key: tuple[str, int]) -> Any:

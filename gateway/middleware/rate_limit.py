@@ -142,6 +142,7 @@ class RateLimitMiddleware(Middleware):
         decisions = context.resources.metrics.ratelimit_decisions
         service = context.service
         self.allowed = decisions.labels(service, "allowed", "-")
+        self.tally = context.resources.metrics.tally
         self.rejected = tuple(decisions.labels(service, "rejected", tier.name) for tier in tiers)
         self.failed_open = decisions.labels(service, "failed_open", "-")
         self.failed_closed = decisions.labels(service, "failed_closed", "-")
@@ -164,7 +165,7 @@ class RateLimitMiddleware(Middleware):
             )
         index = decision.tier
         if decision.allowed:
-            self.allowed.inc()
+            self.tally.add(self.allowed)
             overrides = exchange.response_header_overrides
             overrides[LIMIT_HEADER] = self.limit_texts[index]
             overrides[REMAINING_HEADER] = str(decision.remaining)
