@@ -37,19 +37,33 @@ GATEWAY_ASSERTED = frozenset(
     }
 )
 _NO_BODY_STATUSES = frozenset({204, 304})
+_NOT_FORWARDED = HOP_BY_HOP | GATEWAY_ASSERTED
+_NO_TOKENS: frozenset[str] = frozenset()
+_CACHE_SIZE = 64
+# Nearly every message carries no Connection header or one of a few values ("keep-alive", "close"): their
+# parse, and the response's skip set, are worked out once. Bounded: the values are the peer's to choose.
+_tokens_of: dict[str, frozenset[str]] = {}
+_response_skip: dict[frozenset[str], frozenset[str]] = {_NO_TOKENS: HOP_BY_HOP}
 
 
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Header names listed in Connection: they are hop-by-hop for this message only."""
     values = headers.getall("Connection", ())
     if not values:
-        return frozenset()
+        return _NO_TOKENS
+    if len(values) > 1:
+        return _parse_tokens(values)
+    value = values[0]
+    tokens = _tokens_of.get(value)
+    if tokens is None:
+        tokens = _parse_tokens(values)
+        if len(_tokens_of) < _CACHE_SIZE:
+            _tokens_of[value] = tokens
+    return tokens
+
+
+def _parse_tokens(values: list[str]) -> frozenset[str]:
     return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
-
-
-def _hop_by_hop(name: str, named: frozenset[str]) -> bool:
-    lowered = name.lower()
-    return lowered in HOP_BY_HOP or lowered in named or lowered.startswith("proxy-")
 
 
 def upstream_request_headers(
@@ -66,10 +80,12 @@ def upstream_request_headers(
     Client-sent forwarding headers are replaced, except X-Forwarded-Proto/Host from a trusted proxy."""
     named = connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
     for name, value in incoming.items():
-        if name.lower() in GATEWAY_ASSERTED or _hop_by_hop(name, named):
+        lowered = name.lower()  # once per header: this loop runs for every header of every request
+        if lowered in _NOT_FORWARDED or lowered.startswith("proxy-") or (named and lowered in named):
             continue
-        out.add(name, value)
+        add(name, value)
     # A Connection header that names Content-Length must not strip the framing of the body we send.
     if body_length is not None:
         out["Content-Length"] = str(body_length)
@@ -90,13 +106,17 @@ def upstream_request_headers(
 def client_response_headers(upstream: CIMultiDictProxy[str], status: int) -> CIMultiDict[str]:
     """Headers of the upstream response passed to the client, minus hop-by-hop ones."""
     named = connection_tokens(upstream)
-    skip = HOP_BY_HOP | named if named else HOP_BY_HOP
+    skip = _response_skip.get(named)
+    if skip is None:
+        skip = HOP_BY_HOP | named
+        if len(_response_skip) < _CACHE_SIZE:
+            _response_skip[named] = skip
     if status in _NO_BODY_STATUSES:
         skip = skip | {"content-length"}
     out: CIMultiDict[str] = CIMultiDict()
     add = out.add
     for name, value in upstream.items():
-        lowered = name.lower()  # inline _hop_by_hop: this loop runs for every header of every response
+        lowered = name.lower()  # once per header: this loop runs for every header of every response
         if lowered in skip or lowered.startswith("proxy-"):
             continue
         add(name, value)

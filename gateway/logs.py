@@ -81,16 +81,24 @@ class DirectJsonSink:
         self.service = service
         self._second = -1
         self._second_text = ""
+        self._milli = -1
+        self._milli_text = ""
         self._pending: list[bytes] = []
         atexit.register(self.flush)
 
     def timestamp(self, epoch: float) -> str:
-        """utc_timestamp(epoch), with the date and time formatted once per second."""
+        """utc_timestamp(epoch), with the date and time formatted once per second, the whole text once
+        per millisecond (a busy gateway logs several lines in one)."""
         second = int(epoch)
+        milli = second * 1000 + int((epoch - second) * 1000)
+        if milli == self._milli:
+            return self._milli_text
         if second != self._second:
             self._second = second
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((epoch - second) * 1000):03d}Z"
+        self._milli = milli
+        self._milli_text = text = f"{self._second_text}.{milli - second * 1000:03d}Z"
+        return text
 
     def write(self, level: str, message: str, request_id: str | None, fields: dict[str, Any]) -> None:
         line = {
@@ -99,8 +107,8 @@ class DirectJsonSink:
             "service": self.service,
             "requestId": request_id,
             "message": message,
+            **fields,
         }
-        line.update(fields)
         pending = self._pending
         pending.append(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
         if len(pending) == 1:

@@ -85,9 +85,10 @@ async def send_whole(
         response._keep_alive = False
         return response, False
     transport.write(head + body)
-    try:
-        await request.writer.drain()  # waits only while the client's socket buffer is full
-    except ConnectionError:
-        response._keep_alive = False
-        return response, False
+    if transport.get_write_buffer_size():  # else the socket took it all: nothing to drain
+        try:
+            await request.writer.drain()  # waits only while the client's socket buffer is full
+        except ConnectionError:
+            response._keep_alive = False
+            return response, False
     return response, True

@@ -44,15 +44,17 @@ class AccessLogMiddleware(Middleware):
             return
         request = exchange.request
         status = exchange.status
-        if status < 400 and request.path in self.skip_paths:
+        if status < 400 and self.skip_paths and request.path in self.skip_paths:
             return
+        instance = exchange.instance
+        path = request.raw_path
         fields = {
             "method": request.method,
-            "path": request.raw_path if self.include_query else request.raw_path.partition("?")[0],
+            "path": path if self.include_query else path.partition("?")[0],
             "status": status,
             "duration": round(exchange.elapsed * 1000, 3),
             "targetService": exchange.service,
-            "upstream": exchange.instance.url if exchange.instance else None,
+            "upstream": instance.url if instance is not None else None,
             "bytes": exchange.bytes_sent,
             "client": exchange.client_ip,
         }

@@ -41,13 +41,20 @@ class _Origin:
         self.waiters: deque[asyncio.Future[_Grant]] = deque()
         self.closed = False
 
-    async def acquire(self, until: float | None, phase: TimeoutPhase) -> UpstreamConnection:
+    def take_idle(self) -> UpstreamConnection | None:
+        """A kept-alive connection ready for a request, without waiting; None when there is none."""
         idle = self.idle
         while idle:
             conn = idle.pop()
             conn.in_pool = False
             if not conn.closed:
                 return conn
+        return None
+
+    async def acquire(self, until: float | None, phase: TimeoutPhase) -> UpstreamConnection:
+        conn = self.take_idle()
+        if conn is not None:
+            return conn
         if self.count < self.limit:
             self.count += 1
         else:
@@ -204,7 +211,7 @@ class UpstreamPool:
         phase: TimeoutPhase = "connect"
         if deadline is not None and (until is None or deadline < until):
             until, phase = deadline, "total"
-        conn = await place.acquire(until, phase)
+        conn = place.take_idle() or await place.acquire(until, phase)  # the first: no coroutine on a warm pool
         response = conn.start(
             head,
             data,

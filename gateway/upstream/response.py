@@ -80,6 +80,12 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         """The whole (rest of the) body."""
+        if self._eof and self._conn is None:  # all of it is here, as with most small bodies: nothing to await
+            chunks = self._chunks
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            return data
         parts: list[bytes] = []
         while chunk := await self.readany():
             parts.append(chunk)

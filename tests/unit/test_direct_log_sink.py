@@ -96,3 +96,10 @@ def test_the_lines_of_one_tick_leave_in_one_write() -> None:
     assert [orjson.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
         f"GET /{number} 200" for number in range(5)
     ]
+
+
+def test_one_millisecond_formats_once_and_the_next_one_anew() -> None:
+    sink = logs.DirectJsonSink(logging.Handler(), io.BytesIO(), "svc")
+    assert sink.timestamp(1_700_000_000.1231) == sink.timestamp(1_700_000_000.1239) == "2023-11-14T22:13:20.123Z"
+    assert sink.timestamp(1_700_000_000.1241) == "2023-11-14T22:13:20.124Z"
+    assert sink.timestamp(1_700_000_001.1241) == "2023-11-14T22:13:21.124Z"  # same millisecond, next second
