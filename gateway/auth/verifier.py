@@ -140,11 +140,16 @@ class TokenVerifier:
         if self.jwks is not None:
             await self.jwks.close()
 
+    def cached(self, token: str) -> Claims | None:
+        """The claims of a token verified before and not yet expired, without awaiting anything."""
+        return self.cache.get(token, time.time())
+
     async def verify(self, token: str) -> Claims:
+        return self.cached(token) or await self.verify_uncached(token)
+
+    async def verify_uncached(self, token: str) -> Claims:
+        """Check a token cached() did not know, and remember its claims."""
         now = time.time()
-        claims = self.cache.get(token, now)
-        if claims is not None:
-            return claims
         header = _checked_header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:

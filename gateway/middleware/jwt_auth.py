@@ -69,7 +69,10 @@ class JwtMiddleware(Middleware):
                 raise self._reject(exchange, "missing", "Bearer token required", presented=False)
             return await call_next(exchange)
         try:
-            claims = await self._verify(values)
+            token = _bearer_token(values)
+            verifier = self._verifier()
+            # A token seen before is a cache hit (nearly every request): no coroutine to run for it.
+            claims = verifier.cached(token) or await verifier.verify_uncached(token)
         except TokenRejected as rejected:
             if required:
                 raise self._reject(exchange, rejected.reason, rejected.message, presented=rejected.reason != "missing")
@@ -89,22 +92,13 @@ class JwtMiddleware(Middleware):
                 headers["X-User-Role"] = claims.role
         return await call_next(exchange)
 
-    async def _verify(self, values: list[str]) -> Claims:
-        if len(values) > 1:
-            # Two credentials: which one a service reads is anyone's guess, so neither counts.
-            raise TokenRejected("malformed", "Malformed Authorization header")
-        scheme, _, token = values[0].strip().partition(" ")
-        if scheme.lower() != "bearer":
-            raise TokenRejected("missing", "Bearer token required")
-        token = token.strip(" ")
-        if not token:
-            raise TokenRejected("malformed", "Malformed Authorization header")
+    def _verifier(self) -> TokenVerifier:
         verifier: TokenVerifier | None = self.resources.verifier
         if verifier is None:
             # The app's cleanup context creates it; without one nothing can be let through.
             log.error("jwt middleware has no token verifier: the gateway app did not start it")
             raise InternalError()
-        return await verifier.verify(token)
+        return verifier
 
     def _reject(self, exchange: Exchange, reason: str, message: str, *, presented: bool) -> Unauthorized:
         counter = self.rejections.get(reason)
@@ -118,3 +112,17 @@ class JwtMiddleware(Middleware):
             description = message.replace("\\", "").replace('"', "'")
             challenge += f', error="invalid_token", error_description="{description}"'
         return Unauthorized(message, headers={"WWW-Authenticate": challenge})
+
+
+def _bearer_token(values: list[str]) -> str:
+    """The token of the one Authorization header; TokenRejected for anything else."""
+    if len(values) > 1:
+        # Two credentials: which one a service reads is anyone's guess, so neither counts.
+        raise TokenRejected("malformed", "Malformed Authorization header")
+    scheme, _, token = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise TokenRejected("missing", "Bearer token required")
+    token = token.strip(" ")
+    if not token:
+        raise TokenRejected("malformed", "Malformed Authorization header")
+    return token

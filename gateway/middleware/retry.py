@@ -20,6 +20,7 @@ import time
 from typing import ClassVar
 
 import aiohttp
+from aiohttp import web
 from pydantic import Field
 from tenacity import (
     AsyncRetrying,
@@ -162,7 +163,6 @@ class RetryMiddleware(Middleware):
         self.budget.record_request()
         if self.retries == 0:
             return await call_next(exchange)
-        idempotent = request.method in self.methods or "Idempotency-Key" in request.headers
         if request.body_exists and not await self._buffer_body(exchange):
             return await call_next(exchange)
         # The first attempt runs without tenacity: a request that needs no retry (nearly all of them)
@@ -171,12 +171,13 @@ class RetryMiddleware(Middleware):
         try:
             reply = await call_next(exchange)
         except (BadGateway, GatewayTimeout) as error:
+            idempotent = self._idempotent(request)
             if exchange.upstream_fault not in _RETRYABLE_FAULTS or not (idempotent or exchange.request_unsent):
                 raise
             error.__dict__["_exchange"] = exchange
             first: Reply | BaseException = error
         else:
-            if not idempotent or not self._retryable_reply(reply):
+            if not self._retryable_reply(reply) or not (idempotent := self._idempotent(request)):
                 return reply
             first = reply
         retrying = (self.retrying if idempotent else self.retrying_unsent).copy()
@@ -204,6 +205,10 @@ class RetryMiddleware(Middleware):
 
     def _unsent_error(self, error: BaseException) -> bool:
         return self._retryable_error(error) and _exchange_of(error).request_unsent
+
+    def _idempotent(self, request: web.BaseRequest) -> bool:
+        """Whether the request may be sent again after an answer came back (asked only once one failed)."""
+        return request.method in self.methods or "Idempotency-Key" in request.headers
 
     def _retryable_reply(self, reply: Reply) -> bool:
         return reply.upstream is not None and reply.status in self.statuses

@@ -1,7 +1,9 @@
 """Bytes of an HTTP/1.1 request as the pool writes them: the head, with the pool's own body framing."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 # The pool frames the body and manages the connection itself; caller-given values would contradict it.
 _DROPPED = frozenset({"content-length", "transfer-encoding", "connection"})
@@ -9,6 +11,8 @@ _EMPTY_BODY_NEEDS_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 
 CHUNKED = "Transfer-Encoding: chunked\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+_CRLF = "\r\n"
+_LINE_BREAKS = b"\r\n\0"
 
 
 def framing(method: str, body_length: int | None, streamed: bool) -> str:
@@ -31,34 +35,38 @@ def build_head(method: str, target: str, host_line: str, headers: Headers, frami
     and the framing line, encoded once.
 
     Header text round-trips as UTF-8 with surrogate escapes, the way aiohttp's server decoded it.
-    CR, LF or NUL anywhere raises ValueError: counting line ends over the joined head finds any smuggled
-    one without scanning each value. A (multi)dict is taken by its items(), duplicates included.
+    CR, LF or NUL anywhere raises ValueError: each line of the head ends in one CR and one LF, so one
+    count of those bytes over the encoded head finds any smuggled one without scanning each value.
+    A (multi)dict is taken by its items(), duplicates included.
     """
+    if target[:1] != "/" or " " in target or " " in method:
+        raise ValueError(f"invalid request line: {method!r} {target!r}")
+    pairs, has_host = _end_to_end(headers)
+    if has_host:
+        host_line = ""
+    lines = "\r\n".join(map(": ".join, pairs))  # one C loop, no string formatting per header
+    end_of_lines = _CRLF if lines else ""
+    head = f"{method} {target} HTTP/1.1\r\n{host_line}{lines}{end_of_lines}{framing_line}\r\n".encode(
+        "utf-8", "surrogateescape"
+    )
+    expected = 2 * (2 + len(pairs) + (host_line != "") + (framing_line != ""))
+    if len(head) - len(head.translate(None, _LINE_BREAKS)) != expected:
+        raise ValueError(_culprit(method, target, pairs))
+    return head
+
+
+def _end_to_end(headers: Headers) -> tuple[Collection[tuple[str, str]], bool]:
+    """The headers minus the framing ones the pool sets itself, and whether a Host is among them."""
+    if isinstance(headers, (CIMultiDict, CIMultiDictProxy)):  # the gateway's own: case-blind lookups in C
+        has_host = "Host" in headers
+        if "Content-Length" in headers or "Transfer-Encoding" in headers or "Connection" in headers:
+            return [(name, value) for name, value in headers.items() if name.lower() not in _DROPPED], has_host
+        return headers.items(), has_host
     # Duck-typed, not isinstance(headers, Mapping): an ABC check on every request costs more than the test.
     items = getattr(headers, "items", None)
     pairs: Iterable[tuple[str, str]] = items() if items is not None else headers
-    if target[:1] != "/" or " " in target or " " in method:
-        raise ValueError(f"invalid request line: {method!r} {target!r}")
-    parts = [method, " ", target, " HTTP/1.1\r\n", host_line]
-    line_ends = 3  # request line, framing (or the empty string) and the blank line, counted below
-    for name, value in pairs:
-        lowered = name.lower()
-        if lowered in _DROPPED:
-            continue
-        if lowered == "host":
-            parts[4] = ""
-        parts += (name, ": ", value, "\r\n")
-        line_ends += 1
-    if parts[4]:
-        line_ends += 1
-    if not framing_line:
-        line_ends -= 1
-    parts.append(framing_line)
-    parts.append("\r\n")
-    head = "".join(parts)
-    if head.count("\n") != line_ends or head.count("\r") != line_ends or "\0" in head:
-        raise ValueError(_culprit(method, target, pairs))
-    return head.encode("utf-8", "surrogateescape")
+    kept = [(name, value) for name, value in pairs if name.lower() not in _DROPPED]
+    return kept, any(name.lower() == "host" for name, _ in kept)
 
 
 def _culprit(method: str, target: str, headers: Iterable[tuple[str, str]]) -> str:
