@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, StringConstraints
 
-from gateway.auth.verifier import Claims, TokenRejected, TokenVerifier
+from gateway.auth.verifier import TokenRejected, TokenVerifier
 from gateway.errors import Forbidden, InternalError, Unauthorized
 from gateway.exchange import Exchange, Reply
 from gateway.middleware.base import BuildContext, Handler, Middleware, MiddlewareConfig
