@@ -52,9 +52,7 @@ class _Origin:
         return None
 
     async def acquire(self, until: float | None, phase: TimeoutPhase) -> UpstreamConnection:
-        conn = self.take_idle()
-        if conn is not None:
-            return conn
+        """A connection when take_idle() had none: a new one in a free slot, or one a waiter is handed."""
         if self.count < self.limit:
             self.count += 1
         else:
@@ -211,7 +209,7 @@ class UpstreamPool:
         phase: TimeoutPhase = "connect"
         if deadline is not None and (until is None or deadline < until):
             until, phase = deadline, "total"
-        conn = place.take_idle() or await place.acquire(until, phase)  # the first: no coroutine on a warm pool
+        conn = place.take_idle() or await place.acquire(until, phase)  # a warm pool needs no coroutine
         response = conn.start(
             head,
             data,
