@@ -471,3 +471,9 @@ async def _close_quietly(connection: Any, sockets: TrackedSockets | None) -> Non
         await asyncio.wait_for(connection.close(), 5.0)
     if sockets is not None:  # what the close left open: a handshake or a reconnection it cut short
         sockets.close_all()
+    # aio-pika marks a connection closed only when it had a transport to close. One that never connected
+    # would otherwise have its __del__ schedule close() again, from whichever thread the collector runs
+    # in: with no event loop there, that coroutine is never awaited (RuntimeWarning).
+    closed = connection.closed()
+    if not closed.done():
+        closed.set_result(True)

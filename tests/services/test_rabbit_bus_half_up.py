@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 
 import pytest
 
 from services.events.rabbit import RabbitBus
 from tests.services.conftest import MakeSettings
+from tests.support import free_port
 
 
 @pytest.mark.timeout(30)
@@ -43,3 +45,20 @@ def test_close_during_a_hanging_handshake_leaves_no_task_and_no_socket_behind(ma
     assert seen == [b"AMQP\x00\x00\x09\x01"] * len(seen)
     # An unclosed socket warns when collected (ResourceWarning, an error in this suite): here, in this test.
     gc.collect()
+
+
+@pytest.mark.timeout(30)
+async def test_attempts_given_up_leave_nothing_for_the_garbage_collector(make_settings: MakeSettings) -> None:
+    # aio-pika's Connection.__del__ schedules close() on any connection it does not see as closed, and one
+    # that never connected is not, even after close(). In a thread with no event loop (the collector runs
+    # in whichever thread allocates: aiosqlite's, an executor's) that close() is never awaited and warns.
+    settings = make_settings(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/", reconnect_interval=0.05)
+    bus = RabbitBus("user-service", settings, consumers={})
+    await bus.start(None)
+    await asyncio.sleep(0.4)  # several refused attempts
+    assert bus.health()["status"] == "down"
+    await bus.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await asyncio.to_thread(gc.collect)
+    assert [str(warning.message) for warning in caught] == []
