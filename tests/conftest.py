@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings
 from tests import backends
+from tests.gateway_server import GatewayTestServer
 from tests.support import GatewayProcess
 
 StartUpstream = Callable[[web.Application], Awaitable[str]]
@@ -105,7 +106,7 @@ async def gateway_client(
 
     async def make(registry: Path) -> TestClient[Any, Any]:
         gw = Gateway(settings, registry)
-        return await aiohttp_client(TestServer(create_app(gw), host="127.0.0.1"))
+        return await aiohttp_client(GatewayTestServer(gw))
 
     return make
 
