@@ -20,11 +20,11 @@ RequestHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _DOCS, _DASHBOARD = DOCS, DASHBOARD
 
 
-def direct_dispatch(runner: web.AppRunner, gw: Gateway) -> RequestHandler:
-    """After runner.setup(): a handler that sends every request but the pages' straight to gw.handle."""
+def use_direct_dispatch(runner: web.AppRunner, gw: Gateway) -> None:
+    """After runner.setup(): route every request but the pages' straight to gw.handle."""
     server = runner.server
     if server is None:
-        raise RuntimeError("direct_dispatch() needs a set-up runner")
+        raise RuntimeError("use_direct_dispatch() needs a set-up runner")
     through_application = server.request_handler
     handle = gw.handle
     expect_continue = gw.expect_continue
@@ -40,11 +40,4 @@ def direct_dispatch(runner: web.AppRunner, gw: Gateway) -> RequestHandler:
             await request.writer.drain()
         return await handle(request)
 
-    return dispatch
-
-
-def use_direct_dispatch(runner: web.AppRunner, gw: Gateway) -> None:
-    """After runner.setup(): make aiohttp's server route every request but the pages' straight to gw.handle."""
-    handler = direct_dispatch(runner, gw)
-    assert runner.server is not None
-    runner.server.request_handler = handler
+    server.request_handler = dispatch

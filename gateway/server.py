@@ -20,11 +20,10 @@ from aiohttp import web
 
 from gateway.app import Gateway, create_app
 from gateway.config.settings import Settings
-from gateway.dispatch import direct_dispatch, use_direct_dispatch
+from gateway.dispatch import use_direct_dispatch
 from gateway.event_loop import loop_factory, running_event_loop
 from gateway.logs import log_fields
 from gateway.protocol import use_envelope_errors
-from gateway.serving.server import HttpServer
 from gateway.runtime import keep_serving_while_draining, settle_garbage_collector
 
 log = logging.getLogger("gateway.server")
@@ -51,18 +50,13 @@ async def serve(
         auto_decompress=False,
     )
     await runner.setup()
-    http: HttpServer | None = None
+    use_envelope_errors(runner, header_timeout=settings.header_timeout)
+    use_direct_dispatch(runner, gw)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
-        if settings.http_server == "kadai":
-            http = HttpServer(direct_dispatch(runner, gw), header_timeout=settings.header_timeout)
-            await http.listen(host, port, reuse_port=reuse_port, backlog=1024)
-        else:
-            use_envelope_errors(runner, header_timeout=settings.header_timeout)
-            use_direct_dispatch(runner, gw)
-            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
-            await site.start()
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+        await site.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, gw.watcher.reload_now)
@@ -71,7 +65,6 @@ async def serve(
             extra=log_fields(
                 pid=os.getpid(),
                 eventLoop=running_event_loop(),
-                httpServer=settings.http_server,
                 services=len(gw.table.services),
                 routes=len(gw.table.routes),
                 settings=gw.resources.settings.public_view(),
@@ -87,8 +80,6 @@ async def serve(
     finally:
         # Handlers stay installed through the drain: a second SIGTERM (a process group signalled
         # twice, the supervisor forwarding one) must not kill requests that are finishing.
-        if http is not None:
-            await http.shutdown(settings.drain_timeout)
         await runner.cleanup()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import uvloop
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from gateway.app import Gateway, create_app
+from gateway.app import Gateway
 from gateway.config.settings import Settings
 from tests import backends
 from tests.gateway_server import GatewayTestServer

@@ -22,8 +22,6 @@ DEV_JWT_SECRET = "kadai-jwt-secret-dev-key-2024"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_HEADER_TIMEOUT = 10.0
-HttpServerName = Literal["kadai", "aiohttp"]
-HTTP_SERVERS: tuple[HttpServerName, ...] = ("kadai", "aiohttp")
 MEMORY_URL = "memory://"
 """REDIS_URL / AMQP_URL value for the embedded backends of one development process: the in-process rate
 limiter (no response cache) and the in-process event bus. Refused in production."""
@@ -86,9 +84,6 @@ class Settings:
     """Seconds a client has to send a request's headers (slow clients are cut off past it)."""
     event_loop: EventLoopName = field(default_factory=default_event_loop)
     """The loop `kadai gateway` serves on (KADAI_EVENT_LOOP; uvloop by default where it is installed)."""
-    http_server: HttpServerName = "kadai"
-    """What reads requests off the sockets (KADAI_HTTP_SERVER): the gateway's own connection handler on
-    httptools, or aiohttp's."""
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{key}={value!r}" for key, value in self.public_view().items())
@@ -137,7 +132,6 @@ class Settings:
             "logLevel": self.log_level,
             "registry": self.registry_path,
             "eventLoop": self.event_loop,
-            "httpServer": self.http_server,
         }
 
 
@@ -233,11 +227,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append("KADAI_EVENT_LOOP: uvloop is not installed (pip install uvloop), or set asyncio")
         event_loop = "asyncio"
 
-    http_server = env.get("KADAI_HTTP_SERVER", "").strip().lower() or "kadai"
-    if http_server not in HTTP_SERVERS:
-        problems.append(f"KADAI_HTTP_SERVER: expected kadai or aiohttp, got {http_server!r}")
-        http_server = "kadai"
-
     if problems:
         raise ConfigError("environment", problems)
     return Settings(
@@ -253,7 +242,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         reload_interval=durations["KADAI_RELOAD_INTERVAL"],
         header_timeout=durations["KADAI_HEADER_TIMEOUT"],
         event_loop=event_loop,  # type: ignore[arg-type]
-        http_server=http_server,  # type: ignore[arg-type]
     )
 
 

@@ -1,9 +1,8 @@
 """The gateway's benchmark (README.md, "Benchmark"): everything on loopback, started and stopped by one run.
 
 Modes (one per run; JSON in .bench/<mode>.json):
-  throughput (default)  wrk, closed loop, targets in interleaved rounds: direct, naive, floor, gateway-bare,
-                        gateway-full, nginx-proxy, caddy-proxy (the last two when installed); with
-                        --with-aiohttp-server also both gateway rows served by aiohttp's HTTP server
+  throughput (default)  wrk, closed loop, targets in interleaved rounds: direct, naive, gateway-bare,
+                        gateway-full, nginx-proxy, caddy-proxy (the last two when installed)
   --latency [RATE]      open loop at a fixed rate (ops/bench/openloop.py): direct vs. gateway-full
   --workers-scaling     gateway-full with --workers 1 vs. --workers 2
   --soak SECONDS        gateway-full under wrk load, its RSS sampled every 10 s
@@ -44,9 +43,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="gateway workers for --soak (default 1)")
     parser.add_argument("--with-default", action="store_true",
                         help="throughput: add the gateway-default row (the default chain, no token, no Redis)")
-    parser.add_argument("--with-aiohttp-server", action="store_true",
-                        help="throughput: add gateway-bare and gateway-full served by aiohttp's HTTP server "
-                             "(KADAI_HTTP_SERVER=aiohttp), next to the gateway's own")
     parser.add_argument("--json", type=Path, help="results file (default .bench/<mode>.json)")
     args = parser.parse_args()
     if args.latency is not None and args.latency <= 0 or args.soak is not None and args.soak <= 0:
@@ -55,8 +51,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--workers, --rounds and --duration must be positive")
     if args.workers != 1 and args.soak is None:
         parser.error("--workers applies to --soak (--workers-scaling compares 1 and 2 by itself)")
-    if (args.with_default or args.with_aiohttp_server) and (args.latency is not None or args.workers_scaling or args.soak is not None):
-        parser.error("--with-default and --with-aiohttp-server apply to the throughput table only")
+    if args.with_default and (args.latency is not None or args.workers_scaling or args.soak is not None):
+        parser.error("--with-default applies to the throughput table only")
     return args
 
 

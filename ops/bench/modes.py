@@ -66,10 +66,6 @@ def throughput(rig: Rig, args: argparse.Namespace) -> Outcome:
         targets.append(rig.add_gateway("gateway-default", "default"))
     full = rig.add_gateway("gateway-full", "full")
     targets.append(full)
-    if args.with_aiohttp_server:
-        aiohttp_server = {"KADAI_HTTP_SERVER": "aiohttp"}
-        targets.append(rig.add_gateway("gateway-bare-aiohttp", "bare", env=aiohttp_server))
-        targets.append(rig.add_gateway("gateway-full-aiohttp", "full", env=aiohttp_server))
     skipped = []
     for name, add in (("nginx-proxy", rig.add_nginx_proxy), ("caddy-proxy", rig.add_caddy_proxy)):
         if (target := add()) is not None:
@@ -78,9 +74,7 @@ def throughput(rig: Rig, args: argparse.Namespace) -> Outcome:
             skipped.append(f"{name} skipped: {name.split('-')[0]} is not installed (Debian package "
                            f"{name.split('-')[0]}; ops/bench/run installs it as root)")
     rig.ready()
-    for target in targets:
-        if target.name.startswith("gateway-full"):
-            verify_full_chain(target)
+    verify_full_chain(full)
     run_rounds(targets, args, rig.load_cpus)
     rows = report.summarize(targets)
     by_name = {row["target"]: row for row in rows}

@@ -163,17 +163,14 @@ class Rig:
         return self.add("floor", [sys.executable, str(HERE / "floor_proxy.py"), "--port", "$port",
                                   "--upstream", f"http://127.0.0.1:{self.upstream_port}"])
 
-    def add_gateway(
-        self, name: str, registry: str, *, workers: int = 1, cpus: str | None = None, env: dict[str, str] | None = None
-    ) -> Target:
-        """The gateway on registries/<registry>.yaml; the full chain gets a token and the bench's Redis; env
-        adds settings (KADAI_HTTP_SERVER=aiohttp)."""
+    def add_gateway(self, name: str, registry: str, *, workers: int = 1, cpus: str | None = None) -> Target:
+        """The gateway on registries/<registry>.yaml; the full chain gets a token and the bench's Redis."""
         path = self.tmp / f"{name}.yaml"
         path.write_text(self._template(f"registries/{registry}.yaml", upstream_port=self.upstream_port))
         cmd = [sys.executable, "-m", "gateway", "gateway", "--workers", str(workers), "--registry", str(path),
                "--host", "127.0.0.1", "--port", "$port"]
         full = registry == "full"
-        target = self.add(name, cmd, cpus=cpus, env=self.gateway_env() | (env or {}),
+        target = self.add(name, cmd, cpus=cpus, env=self.gateway_env(),
                           headers={"Authorization": f"Bearer {self.token()}"} if full else None)
         target.redis = self.redis if full else None
         return target

@@ -1,6 +1,5 @@
-"""Bad input against a real gateway process, run once with each HTTP server and parser it can serve with:
-its own server on httptools (the default), and aiohttp's (KADAI_HTTP_SERVER=aiohttp) with its C parser and,
-with AIOHTTP_NO_EXTENSIONS=1, its pure-Python one. HTTP framing written at the socket level, paths that
+"""Bad input against a real gateway process, run once with each of aiohttp's HTTP parsers (the C one and,
+with AIOHTTP_NO_EXTENSIONS=1, the pure-Python one): HTTP framing written at the socket level, paths that
 try to leave their prefix, bodies over the limit (sized, chunked, compressed) and slow clients.
 
 Each case gets its status in the error envelope (never a 500), the recording upstream sees nothing that
@@ -42,11 +41,7 @@ AUDIENCE = "kadai-api"
 LIMITED_TIER_LIMIT = 2
 SMALL_BODY_LIMIT = 1000
 JSON_TYPE = "application/json; charset=utf-8"
-PARSERS = {
-    "httptools": {},
-    "aiohttp-c-parser": {"KADAI_HTTP_SERVER": "aiohttp"},
-    "aiohttp-python-parser": {"KADAI_HTTP_SERVER": "aiohttp", "AIOHTTP_NO_EXTENSIONS": "1"},
-}
+PARSERS = {"c-parser": {}, "python-parser": {"AIOHTTP_NO_EXTENSIONS": "1"}}
 
 
 class ThreadedRecorder:
@@ -140,7 +135,7 @@ def gateway(
     upstream: ThreadedRecorder,
 ) -> Iterator[BadInputGateway]:
     """A real gateway with RS256 tokens (issuer and audience checked), a rate-limited route in Redis, a
-    small body limit and a short header deadline; once per HTTP server and parser. Only the limited route needs
+    small body limit and a short header deadline; once per HTTP parser. Only the limited route needs
     Redis (its test asks for it); the gateway starts without one."""
     redis_url = backends.redis_url()
     parser: str = request.param
@@ -159,7 +154,7 @@ def gateway(
         # The process inherits os.environ: a developer's JWT_*, KADAI_* or parser choice must not change it.
         for name in (
             *GATEWAY_ENV_VARS, "JWT_ALGORITHMS", "JWT_JWKS_URL", "JWT_LEEWAY", "JWT_CACHE_SIZE", "KADAI_DRAIN_DELAY",
-            "AIOHTTP_NO_EXTENSIONS", "KADAI_HTTP_SERVER",
+            "AIOHTTP_NO_EXTENSIONS",
         ):
             patch.delenv(name, raising=False)
         process.start()
@@ -287,9 +282,9 @@ async def test_broken_framing_is_refused_and_never_forwarded(
 
 
 async def test_a_request_line_without_a_version_is_refused(gateway: BadInputGateway) -> None:
-    """llhttp reads `GET /x` as HTTP/0.9 (505 here); aiohttp's Python parser refuses the line itself (400)."""
+    """llhttp reads `GET /x` as HTTP/0.9 (505 here); the Python parser refuses the line itself (400)."""
     response, forwarded = await send(gateway, b"GET /api/v1/users/framing\r\n\r\n")
-    assert_refused(response, 400 if gateway.parser == "aiohttp-python-parser" else 505, forwarded)
+    assert_refused(response, 505 if gateway.parser == "c-parser" else 400, forwarded)
     await assert_serves_next(gateway)
 
 
@@ -384,31 +379,6 @@ async def test_a_content_length_over_the_limit_is_413_before_the_body_is_sent(ga
 
 def chunked(*chunks: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
-
-
-async def test_a_chunked_body_whose_framing_breaks_mid_upload_is_a_400(gateway: BadInputGateway) -> None:
-    """The request is already on its way upstream when a later chunk turns out malformed: the client gets a
-    400 in the envelope (not a 499 or 500), and the service never a complete request."""
-    if gateway.parser != "httptools":
-        pytest.skip(
-            "aiohttp's server (KADAI_HTTP_SERVER=aiohttp) does not answer this: with its C parser it sends "
-            "nothing, with its Python parser it answers 400 and logs a traceback of its own"
-        )
-    gateway.upstream.received.clear()
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    try:
-        writer.write(b"POST /api/v1/users/upload HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"4\r\nabcd\r\n")
-        await writer.drain()
-        await asyncio.sleep(0.3)  # dispatched: the upload to the service has begun
-        writer.write(b"zz\r\nnot a chunk\r\n")
-        await writer.drain()
-        async with asyncio.timeout(5):
-            answer = await reader.read()  # the connection closes after the 400
-    finally:
-        writer.close()
-    assert_refused(parse_response(answer), 400, list(gateway.upstream.received))
-    await assert_serves_next(gateway)
 
 
 async def test_a_chunked_body_over_the_limit_is_413_and_never_reaches_the_service_whole(

@@ -1,6 +1,6 @@
-"""The connection handlers in-process (fast, so `-m "not slow"` covers them too), the gateway's own
-(gateway/serving) and aiohttp's with gateway/protocol.py: the header deadline, the versions they refuse,
-and KADAI_HEADER_TIMEOUT. The same behaviour against real gateway processes is in test_bad_input.py."""
+"""The connection handler of gateway/protocol.py in-process (fast, so `-m "not slow"` covers it too): the
+header deadline, the versions it refuses, and KADAI_HEADER_TIMEOUT. The same behaviour against real
+gateway processes, with both parsers, is in test_bad_input.py."""
 from __future__ import annotations
 
 import asyncio
@@ -12,18 +12,16 @@ from aiohttp import web
 from gateway.config.errors import ConfigError
 from gateway.config.settings import DEFAULT_HEADER_TIMEOUT, load_settings
 from gateway.protocol import use_envelope_errors
-from gateway.serving import HttpServer
 from tests.integration.helpers import assert_error_envelope, parse_response
 
 DEADLINE = 0.4
 Serve = Callable[[float], Awaitable[int]]
 
 
-@pytest.fixture(params=["kadai", "aiohttp"])
-async def serve(request: pytest.FixtureRequest) -> AsyncIterator[Serve]:
-    """A server of the given kind with the envelope errors and the given header deadline; returns its port."""
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """An aiohttp server with the envelope handler and the given header deadline; returns its port."""
     runners: list[web.AppRunner] = []
-    servers: list[HttpServer] = []
 
     async def start(header_timeout: float) -> int:
         async def hello(request: web.Request) -> web.Response:
@@ -34,20 +32,12 @@ async def serve(request: pytest.FixtureRequest) -> AsyncIterator[Serve]:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await runner.setup()
         runners.append(runner)
-        if request.param == "kadai":
-            assert runner.server is not None
-            server = HttpServer(runner.server.request_handler, header_timeout=header_timeout)
-            servers.append(server)
-            await server.listen("127.0.0.1", 0)
-            return server.port
         use_envelope_errors(runner, header_timeout=header_timeout)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     yield start
-    for server in servers:
-        await server.shutdown(0.2)
     for runner in runners:
         await runner.cleanup()
 
@@ -136,8 +126,3 @@ def test_the_deadline_comes_from_kadai_header_timeout() -> None:
             load_settings({"KADAI_HEADER_TIMEOUT": bad})
     with pytest.raises(ValueError, match="header_timeout"):
         use_envelope_errors(web.AppRunner(web.Application()), header_timeout=0)
-
-
-async def test_the_gateway_server_refuses_a_deadline_of_zero() -> None:
-    with pytest.raises(ValueError, match="header_timeout"):
-        HttpServer(lambda request: None, header_timeout=0)  # type: ignore[arg-type, return-value]

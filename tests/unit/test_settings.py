@@ -184,15 +184,7 @@ def test_public_view_hides_secrets() -> None:
         "logLevel": "INFO",
         "registry": "registry.yaml",
         "eventLoop": "uvloop",
-        "httpServer": "kadai",
     }
-
-
-def test_the_http_server_comes_from_kadai_http_server() -> None:
-    assert load_settings({}).http_server == "kadai"
-    assert load_settings({"KADAI_HTTP_SERVER": " AIOHTTP "}).http_server == "aiohttp"
-    with pytest.raises(ConfigError, match="KADAI_HTTP_SERVER: expected kadai or aiohttp, got 'h2o'"):
-        load_settings({"KADAI_HTTP_SERVER": "h2o"})
 
 
 def test_public_view_names_the_development_secret() -> None:
