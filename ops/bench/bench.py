@@ -6,6 +6,8 @@ Modes (one per run; JSON in .bench/<mode>.json):
   --latency [RATE]      open loop at a fixed rate (ops/bench/openloop.py): direct vs. gateway-full
   --workers-scaling     gateway-full with --workers 1 vs. --workers 2
   --soak SECONDS        gateway-full under wrk load, its RSS sampled every 10 s
+  --instructions        naive, floor, gateway-bare, gateway-full under callgrind: instructions per request
+                        (ops/bench/instructions.py), the figure to rank hot-path changes by on a noisy machine
 
 Each proxy runs pinned to core 0, so its figures are per core; wrk (or the open-loop client), the upstream
 and the bench's own Redis share core 1. Only ratios within one run are meaningful. Run it through
@@ -36,6 +38,8 @@ def parse_args() -> argparse.Namespace:
                        help="open-loop latency at RATE req/s (default 1000): direct vs. gateway-full")
     which.add_argument("--workers-scaling", action="store_true", help="gateway-full, 1 worker vs. 2")
     which.add_argument("--soak", type=int, metavar="SECONDS", help="gateway-full under load, RSS every 10 s")
+    which.add_argument("--instructions", action="store_true",
+                       help="instructions per request under callgrind: naive, floor, gateway-bare, gateway-full")
     parser.add_argument("--duration", type=int, help="seconds per measurement (default 5; 10 with --latency)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--connections", type=int,
@@ -51,7 +55,8 @@ def parse_args() -> argparse.Namespace:
         parser.error("--workers, --rounds and --duration must be positive")
     if args.workers != 1 and args.soak is None:
         parser.error("--workers applies to --soak (--workers-scaling compares 1 and 2 by itself)")
-    if args.with_default and (args.latency is not None or args.workers_scaling or args.soak is not None):
+    if args.with_default and (args.latency is not None or args.workers_scaling or args.soak is not None
+                              or args.instructions):
         parser.error("--with-default applies to the throughput table only")
     return args
 
@@ -59,8 +64,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     mode = ("latency" if args.latency is not None else "workers-scaling" if args.workers_scaling
-            else "soak" if args.soak is not None else "throughput")
-    for tool, package in (("wrk", "wrk"), ("taskset", "util-linux")):
+            else "soak" if args.soak is not None else "instructions" if args.instructions else "throughput")
+    tools = [("wrk", "wrk"), ("taskset", "util-linux")] + [("valgrind", "valgrind")] * (mode == "instructions")
+    for tool, package in tools:
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found. Install it (sudo apt-get install {package}); ops/bench/run "
                      "installs it by itself when run as root.")
@@ -79,8 +85,8 @@ def main() -> None:
         redis = rig.start_redis()
         print(f"upstream: {rig.upstream_label}; redis-server {redis.version()} on port {redis.port}",
               file=sys.stderr)
-        run = {"throughput": modes.throughput, "latency": modes.latency,
-               "workers-scaling": modes.workers_scaling, "soak": modes.soak}[mode]
+        run = {"throughput": modes.throughput, "latency": modes.latency, "workers-scaling": modes.workers_scaling,
+               "soak": modes.soak, "instructions": modes.instructions}[mode]
         text, settings, results = run(rig, args)
 
     machine = report.machine_info(proxy_cpu, load_cpu, rig.upstream_label)

@@ -9,13 +9,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import instructions as callgrind
 import report
 import wrk
 from latency import latency
 from procs import cpu_seconds, rss_by_process, rss_mib, stop
 from rig import Rig, Target, limiter_skips, verify_full_chain
 
-__all__ = ["latency", "soak", "throughput", "workers_scaling"]
+__all__ = ["instructions", "latency", "soak", "throughput", "workers_scaling"]
 Outcome = tuple[str, dict[str, Any], dict[str, Any]]
 RSS_TARGET_MIB = 80e6 / 2**20  # the issue's 80 MB per worker
 SAMPLE_EVERY = 10.0
@@ -150,3 +151,29 @@ def soak(rig: Rig, args: argparse.Namespace) -> Outcome:
     settings = _settings(args, soak_s=args.soak, workers=args.workers, sample_every_s=SAMPLE_EVERY)
     load_result = result | {"redis_calls_per_req": calls, "failed_open": failed_open}
     return "\n".join(lines), settings, {"series": series, "summary": summary, "load": load_result}
+
+
+def instructions(rig: Rig, args: argparse.Namespace) -> Outcome:
+    """naive, floor, gateway-bare and gateway-full under callgrind: user-space instructions per request."""
+    seconds, connections = args.duration or 15, args.connections or 8
+    made = callgrind.targets(rig)
+    rig.ready(timeout=300)  # valgrind takes a while to start Python
+    for target, _out in made:
+        if target.name == "gateway-full":
+            verify_full_chain(target)
+    rows = []
+    for target, out in made:
+        counted = callgrind.count(target, out, seconds, connections, rig.load_cpus)
+        rows.append({"target": target.name, **counted})
+        print(f"{target.name:<14} {counted['per_request']:>12,.0f} instructions/request", file=sys.stderr)
+    naive = rows[0]["per_request"]
+    body = []
+    for row in rows:
+        row["x_naive"] = naive / row["per_request"] if row["per_request"] else None
+        body.append([row["target"] + (" (!)" if row["errors"] else ""), f"{row['requests']:,}",
+                     f"{row['per_request']:,.0f}", report.num(row["x_naive"], ".2f")])
+    lines = [report.table(["target", "requests counted", "instructions/request", "x naive (fewer is higher)"], body),
+             "user-space instructions only (no system calls); one run each: the counts barely move between runs"]
+    if any(row["errors"] for row in rows):
+        lines.append("(!) a target answered with errors: its count is not comparable")
+    return "\n".join(lines), _settings(args, duration_s=seconds, connections=connections), {"targets": rows}

@@ -65,9 +65,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], log: Path, body: bytes,
-               headers: Mapping[str, str] | None = None) -> None:
+               headers: Mapping[str, str] | None = None, timeout: float = 20.0) -> None:
     """Wait until the target answers url with 200 and exactly body; exit with its log otherwise."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers=dict(headers or {}))
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -77,7 +77,7 @@ def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], log: Path, bo
             if reply.status == 200 and reply.read() == body:
                 return
         time.sleep(0.1)
-    sys.exit(f"bench: {name} did not answer {url} correctly within 20 s:\n{log.read_text(errors='replace')[-2000:]}")
+    sys.exit(f"bench: {name} did not answer {url} correctly within {timeout:g} s:\n{log.read_text(errors='replace')[-2000:]}")
 
 
 def _stat_fields(pid: int) -> list[str]:

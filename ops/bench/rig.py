@@ -14,6 +14,7 @@ import string
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,24 +147,28 @@ class Rig:
         return jwt.encode(claims, self.secret, algorithm="HS256")
 
     def add(self, name: str, cmd: list[str], *, port: int | None = None, cpus: str | None = None,
-            env: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> Target:
-        """Start a proxy target listening on port ("$port" in cmd); ready() waits for all of them."""
+            env: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+            wrap: Callable[[list[str]], list[str]] | None = None) -> Target:
+        """Start a proxy target listening on port ("$port" in cmd); ready() waits for all of them. wrap
+        puts a command in front of it (valgrind)."""
         port = port or free_port()
         cpus = cpus or self.proxy_cpus
-        proc = self._spawn(name, [part.replace("$port", str(port)) for part in cmd], cpus, env)
+        cmd = [part.replace("$port", str(port)) for part in cmd]
+        proc = self._spawn(name, wrap(cmd) if wrap else cmd, cpus, env)
         target = Target(name, port, proc, cores=len(cpus.split(",")), headers=headers or {})
         self._pending.append((target, self.tmp / f"{name}.log"))
         return target
 
-    def add_naive(self) -> Target:
+    def add_naive(self, wrap: Callable[[list[str]], list[str]] | None = None) -> Target:
         return self.add("naive", [sys.executable, str(HERE / "naive_proxy.py"), "--port", "$port",
-                                  "--upstream", f"http://127.0.0.1:{self.upstream_port}"])
+                                  "--upstream", f"http://127.0.0.1:{self.upstream_port}"], wrap=wrap)
 
-    def add_floor(self) -> Target:
+    def add_floor(self, wrap: Callable[[list[str]], list[str]] | None = None) -> Target:
         return self.add("floor", [sys.executable, str(HERE / "floor_proxy.py"), "--port", "$port",
-                                  "--upstream", f"http://127.0.0.1:{self.upstream_port}"])
+                                  "--upstream", f"http://127.0.0.1:{self.upstream_port}"], wrap=wrap)
 
-    def add_gateway(self, name: str, registry: str, *, workers: int = 1, cpus: str | None = None) -> Target:
+    def add_gateway(self, name: str, registry: str, *, workers: int = 1, cpus: str | None = None,
+                    wrap: Callable[[list[str]], list[str]] | None = None) -> Target:
         """The gateway on registries/<registry>.yaml; the full chain gets a token and the bench's Redis."""
         path = self.tmp / f"{name}.yaml"
         path.write_text(self._template(f"registries/{registry}.yaml", upstream_port=self.upstream_port))
@@ -171,7 +176,7 @@ class Rig:
                "--host", "127.0.0.1", "--port", "$port"]
         full = registry == "full"
         target = self.add(name, cmd, cpus=cpus, env=self.gateway_env(),
-                          headers={"Authorization": f"Bearer {self.token()}"} if full else None)
+                          headers={"Authorization": f"Bearer {self.token()}"} if full else None, wrap=wrap)
         target.redis = self.redis if full else None
         return target
 
@@ -196,10 +201,10 @@ class Rig:
         return self.add("caddy-proxy", [caddy, "run", "--adapter", "caddyfile", "--config", str(home / "Caddyfile")],
                         port=port, env=env)
 
-    def ready(self) -> None:
+    def ready(self, timeout: float = 20.0) -> None:
         for target, log in self._pending:
             assert target.proc is not None
-            wait_ready(target.name, target.url, target.proc, log, BODY.encode(), target.headers)
+            wait_ready(target.name, target.url, target.proc, log, BODY.encode(), target.headers, timeout)
         self._pending.clear()
 
 
