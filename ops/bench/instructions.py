@@ -34,19 +34,21 @@ def count(target: Target, out: Path, seconds: int, connections: int, load_cpus: 
     result = wrk.run(target.url, seconds, connections, load_cpus, target.headers)
     subprocess.run(["callgrind_control", "--instr=off", pid], check=True, capture_output=True)
     subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True)
-    time.sleep(0.5)
-    instructions = sum(_total(dump) for dump in out.parent.glob(out.name + "*"))
+    instructions, deadline = 0, time.monotonic() + 30
+    while not instructions and time.monotonic() < deadline:  # valgrind writes the dump in its own time
+        time.sleep(0.5)
+        instructions = sum(_total(dump) for dump in out.parent.glob(out.name + "*"))
     return {"requests": result["requests"], "instructions": instructions,
             "per_request": instructions / max(result["requests"], 1),
             "errors": result["socket_errors"] + result.get("non_2xx", 0)}
 
 
 def _total(dump: Path) -> int:
-    """The event total of one callgrind dump (its `totals:` or `summary:` line)."""
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith(("totals:", "summary:")):
-            return int(line.split()[1])
-    return 0
+    """The event total of one callgrind dump: the larger of its `totals:` and `summary:` lines (a dump asked
+    for with counting off has `summary: 0` and the counted total under `totals:`)."""
+    found = [int(line.split()[1]) for line in dump.read_text(errors="replace").splitlines()
+             if line.startswith(("totals:", "summary:"))]
+    return max(found, default=0)
 
 
 def targets(rig: Rig) -> list[tuple[Target, Path]]:

@@ -27,5 +27,7 @@ def test_the_total_of_a_dump_is_read_from_its_totals_or_summary_line(tmp_path: P
     assert instructions._total(dump) == 123456
     dump.write_text("events: Ir\nsummary: 987\nfn=(1) x\n1 987\n")
     assert instructions._total(dump) == 987
+    dump.write_text("events: Ir\nsummary: 0\nfn=(1) x\n1 555\ntotals: 555\n")  # as a dump on request reads
+    assert instructions._total(dump) == 555
     dump.write_text("events: Ir\nfn=(1) x\n")  # cut short: nothing counted rather than a guess
     assert instructions._total(dump) == 0
