@@ -173,7 +173,7 @@ def instructions(rig: Rig, args: argparse.Namespace) -> Outcome:
         body.append([row["target"] + (" (!)" if row["errors"] else ""), f"{row['requests']:,}",
                      f"{row['per_request']:,.0f}", report.num(row["x_naive"], ".2f")])
     lines = [report.table(["target", "requests counted", "instructions/request", "x naive (fewer is higher)"], body),
-             "user-space instructions only (no system calls); one run each: the counts barely move between runs"]
+             "user-space instructions only (no system calls); one run each: the counts move by about 2 % between runs"]
     if any(row["errors"] for row in rows):
         lines.append("(!) a target answered with errors: its count is not comparable")
     return "\n".join(lines), _settings(args, duration_s=seconds, connections=connections), {"targets": rows}
