@@ -16,7 +16,7 @@ Money is integer cents (priceCents) in the product's ISO 4217 currency.
 Publishes (through the outbox):
     product.created        {productId, sellerId, name, priceCents, currency, stock}
     product.updated        the same plus changed: [fields]; a delete sends deleted: true
-    product.stock.updated  {productId, sellerId, stock, previousStock, reason (order | release | manual),
+    product.stock.updated  {productId, sellerId, name, stock, previousStock, reason (order | release | manual),
                            orderId?, lowStock, threshold}; lowStock is true when the level went down to or
                            below the product's lowStockThreshold (a restock that stays low is no new alert)
     product.reservation.failed {orderId, userId, sellerId, reason, items: [{productId, requested, available}]}

@@ -75,6 +75,7 @@ def stock_event(
     data: dict[str, object] = {
         "productId": product["id"],
         "sellerId": product["seller_id"],
+        "name": product["name"],  # so that a low-stock alert can name the product
         "stock": stock,
         "previousStock": previous,
         "reason": reason,

@@ -77,7 +77,7 @@ async def run_demo(process: UpProcess) -> str:
     for title, expected in LOW_STOCK_STEPS.items():
         assert expected in shown[title], f"{title}: {shown[title]}"
     sms = shown["the seller got a low-stock SMS"]
-    assert sms.startswith("to demo-seller-") and "'Kadai: low stock for product prod_" in sms and ": 3 left.'" in sms
+    assert sms.startswith("to demo-seller-") and "'Kadai: low stock for product Demo lamp: 3 left.'" in sms
     return result.stdout
 
 

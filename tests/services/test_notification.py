@@ -297,10 +297,15 @@ async def test_events_that_name_the_buyer_need_no_order_copy(notifications: Serv
 
 
 @pytest.mark.rabbitmq
-async def test_low_stock_alerts_the_seller_when_it_becomes_low(notifications: Served, probe: EventProbe) -> None:
+@pytest.mark.parametrize(
+    ("named", "called"), [({"name": "Desk lamp"}, "Desk lamp"), ({}, "7")], ids=["by-name", "by-id-without-a-name"]
+)
+async def test_low_stock_alerts_the_seller_when_it_becomes_low(
+    notifications: Served, probe: EventProbe, named: dict[str, str], called: str
+) -> None:
     seller = event(USER_CREATED, {"userId": "user_seller", "email": "sam@example.com", "role": "seller"})
     moved = event(USER_UPDATED, {"userId": "user_seller", "email": "sam@shop.example", "changed": ["email"]})
-    stock = {"productId": 7, "sellerId": "user_seller", "reason": "order", "threshold": 5}
+    stock = {"productId": 7, "sellerId": "user_seller", "reason": "order", "threshold": 5, **named}
     await publish_all(probe, seller, moved)
     await handled(notifications, USER_UPDATED, 1)
 
@@ -315,7 +320,7 @@ async def test_low_stock_alerts_the_seller_when_it_becomes_low(notifications: Se
     await handled(notifications, PRODUCT_STOCK_UPDATED, 3)
     assert alert.data["to"] == "sam@shop.example" and alert.data["productId"] == "7"
     [own] = await listing(notifications, ("user_seller", "seller"))
-    assert own["message"] == "Kadai: low stock for product 7: 4 left."
+    assert own["message"] == f"Kadai: low stock for product {called}: 4 left."
 
 
 @pytest.mark.rabbitmq

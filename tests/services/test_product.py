@@ -287,6 +287,7 @@ async def test_stock_is_set_or_adjusted_never_below_zero_and_low_stock_is_flagge
         {
             "productId": product["id"],
             "sellerId": SELLER,
+            "name": product["name"],
             "stock": 5,
             "previousStock": 10,
             "reason": "manual",
@@ -296,6 +297,7 @@ async def test_stock_is_set_or_adjusted_never_below_zero_and_low_stock_is_flagge
         {
             "productId": product["id"],
             "sellerId": SELLER,
+            "name": product["name"],
             "stock": 8,
             "previousStock": 5,
             "reason": "manual",
@@ -392,6 +394,7 @@ async def test_order_created_reserves_every_item_once_and_announces_each_stock_c
         kettle["id"]: {
             "productId": kettle["id"],
             "sellerId": SELLER,
+            "name": kettle["name"],
             "stock": 5,
             "previousStock": 10,
             "reason": "order",
@@ -402,6 +405,7 @@ async def test_order_created_reserves_every_item_once_and_announces_each_stock_c
         cup["id"]: {
             "productId": cup["id"],
             "sellerId": SELLER,
+            "name": cup["name"],
             "stock": 2,
             "previousStock": 3,
             "reason": "order",
@@ -473,6 +477,7 @@ async def test_payment_failed_gives_the_reserved_stock_back_once(broker_products
         {
             "productId": kettle["id"],
             "sellerId": SELLER,
+            "name": kettle["name"],
             "stock": 10,
             "previousStock": 6,
             "reason": "release",
