@@ -72,6 +72,8 @@ class EnvelopeRequestHandler(RequestHandler):  # type: ignore[type-arg]
         queued = len(messages)
         RequestHandler.data_received(self, data)  # not super(): this runs for every read of the socket
         parsed = len(messages) - queued
+        if (request := self._current_request) is not None:
+            self._fail_broken_body(request, queued)
         if not parsed:  # part of a request's headers, or of a body; the waiter is as it was
             if self._header_since is not None:
                 if data:
@@ -88,6 +90,29 @@ class EnvelopeRequestHandler(RequestHandler):  # type: ignore[type-arg]
         message = messages[queued][0]
         if parsed > 1 or type(message) is _ErrInfo or message.version != HttpVersion11:
             self._refuse_unsupported(queued)
+
+    def _fail_broken_body(self, request: web.BaseRequest, first: int) -> None:
+        """A body whose framing broke while its handler runs (a bad chunk) fails at once for the handler.
+
+        aiohttp's Python parser fails the body itself; its C parser queues the error as the next request
+        and leaves the handler waiting for bytes that will never come (until the route's total timeout,
+        holding an upstream connection). Either way the rest of the connection is no request: it closes
+        after the response, without aiohttp's lingering read of a body that can only raise."""
+        payload = request.content
+        if payload.is_eof():
+            return
+        error = payload.exception()
+        if error is None:
+            messages = self._messages
+            for index in range(first, len(messages)):
+                message = messages[index][0]
+                if type(message) is _ErrInfo:
+                    error = message.exc
+                    break
+            if error is None:
+                return
+            payload.set_exception(error)
+        self._lingering_time = 0.0
 
     def _refuse_unsupported(self, first: int) -> None:
         """Replace the newly parsed requests that must not be served with their error."""

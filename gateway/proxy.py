@@ -12,11 +12,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.errors import (
     BadGateway,
+    BadRequest,
     ClientClosedRequest,
     GatewayError,
     GatewayTimeout,
@@ -45,6 +47,7 @@ Upstream = UpstreamResponse | aiohttp.ClientResponse
 _NO_BODY_STATUSES = frozenset({204, 304})
 _BODY_TOO_LARGE = "body_too_large"
 _CLIENT_GONE = "client_gone"
+_BODY_BROKEN = "body_broken"
 _BUFFERED_BODY_LIMIT = 64 * 1024
 
 
@@ -188,6 +191,9 @@ class Forwarder:
         if exchange.state.get(_BODY_TOO_LARGE):  # aiohttp's client wraps the body's own error
             _fault(exchange, "body_too_large", exc)
             return PayloadTooLarge(details={"limit": max_body})
+        if exchange.state.get(_BODY_BROKEN):
+            exchange.failure = "the request body's framing is broken"
+            return BadRequest("Malformed request body", headers={"Connection": "close"})
         if exchange.state.get(_CLIENT_GONE) or isinstance(exc, RequestBodyLengthError):
             exchange.failure = "client closed the connection during the upload"
             return ClientClosedRequest()  # the client's doing, not the instance's
@@ -248,6 +254,9 @@ async def _capped_body(content: aiohttp.StreamReader, limit: int, exchange: Exch
     except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError):
         exchange.state[_CLIENT_GONE] = True
         raise
+    except HttpProcessingError as exc:  # the body's framing broke after the request was dispatched
+        exchange.state[_BODY_BROKEN] = True
+        raise ConnectionResetError("the request body's framing is broken") from exc
 
 
 async def write_reply(request: web.BaseRequest, exchange: Exchange, reply: Reply) -> web.StreamResponse:

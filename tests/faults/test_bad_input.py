@@ -381,6 +381,29 @@ def chunked(*chunks: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
 
 
+async def test_a_chunked_body_whose_framing_breaks_mid_upload_is_a_400_at_once(gateway: BadInputGateway) -> None:
+    """The request is already on its way upstream when a later chunk turns out malformed: the client gets a
+    400 in the envelope at once (not a 500, nor a 504 once the route's total timeout has passed), the
+    connection closes, and the service never gets a complete request."""
+    gateway.upstream.received.clear()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(b"POST /api/v1/users/upload HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"4\r\nabcd\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # dispatched: the upload to the service has begun
+        writer.write(b"zz\r\nnot a chunk\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # up to the gateway's close
+    finally:
+        writer.close()
+    response = parse_response(answer)
+    assert_refused(response, 400, list(gateway.upstream.received))
+    assert (response.json()["error"], response.headers["Connection"]) == ("Malformed request body", "close")
+    await assert_serves_next(gateway)
+
+
 async def test_a_chunked_body_over_the_limit_is_413_and_never_reaches_the_service_whole(
     gateway: BadInputGateway,
 ) -> None:
