@@ -1,6 +1,8 @@
-"""A bus closed while its broker accepts the TCP connection but never answers the AMQP handshake (a broker
-starting up, a wrong port, a proxy in front of a dead broker): nothing of the attempt may outlive close().
-A task left running holds up the process's shutdown; a socket left open is a leak."""
+"""A bus closed while its broker is only half there: it accepts the TCP connection but never answers the
+AMQP handshake (a broker starting up, a wrong port, a proxy in front of a dead broker), or it refuses the
+connection. Nothing of the attempts may outlive close(): a task left running holds up the process's
+shutdown, a socket left open is a leak, and a connection object left looking open makes aio-pika
+schedule its close() again from whatever thread collects it."""
 from __future__ import annotations
 
 import asyncio
