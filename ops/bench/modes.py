@@ -13,7 +13,7 @@ import instructions as callgrind
 import report
 import wrk
 from latency import latency
-from procs import cpu_seconds, rss_by_process, rss_mib, stop
+from procs import cpu_split, rss_by_process, rss_mib, stop
 from rig import Rig, Target, limiter_skips, verify_full_chain
 
 __all__ = ["instructions", "latency", "soak", "throughput", "workers_scaling"]
@@ -24,14 +24,17 @@ SAMPLE_EVERY = 10.0
 
 def measure(target: Target, seconds: int, connections: int, load_cpus: str) -> dict[str, Any]:
     """One wrk run against the target, plus its CPU time (and its Redis's) over the same window."""
-    before = cpu_seconds(target.proc.pid) if target.proc else 0.0
+    before = cpu_split(target.proc.pid) if target.proc else (0.0, 0.0)
     redis_before = target.redis.sample() if target.redis else None
     skips_before = limiter_skips(target) if target.redis else 0.0
     result: dict[str, Any] = wrk.run(target.url, seconds, connections, load_cpus, target.headers)
     requests = max(result["requests"], 1)
     if target.proc:
-        used = cpu_seconds(target.proc.pid) - before
+        user, system = cpu_split(target.proc.pid)
+        kernel = system - before[1]
+        used = user - before[0] + kernel
         result["cpu_us_per_req"] = used * 1e6 / requests
+        result["kernel_us_per_req"] = kernel * 1e6 / requests
         result["core_busy"] = used / seconds / target.cores  # near 1.0: the proxy itself was the limit
     if target.redis and redis_before:
         cpu, calls = target.redis.sample()

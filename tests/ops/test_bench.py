@@ -3,8 +3,10 @@ the summaries, and the registries the gateway rows run on. The benchmark itself 
 from __future__ import annotations
 
 import math
+import os
 import string
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ BENCH = REPO / "ops" / "bench"
 sys.path.insert(0, str(BENCH))  # the bench's modules import one another as scripts do
 
 import openloop  # noqa: E402
+import procs  # noqa: E402
 import report  # noqa: E402
 import wrk  # noqa: E402
 from rig import Target  # noqa: E402
@@ -134,6 +137,33 @@ def test_summary_rows_are_medians_over_rounds_against_naive() -> None:
     assert broken["non_2xx"] == 3
     text = report.render_throughput(rows)
     assert "broken (!)" in text and "gateway (!)" not in text
+
+
+def test_the_kernel_share_of_each_row_is_reported_beside_its_cpu() -> None:
+    rows = report.summarize([_target("naive", [1000, 1000], cpu_us_per_req=140.0, kernel_us_per_req=40.0),
+                             _target("direct", [9000, 9000])])
+    naive, direct = rows
+    assert (naive["cpu_us_per_req"], naive["kernel_us_per_req"]) == (140.0, 40.0)
+    assert direct["kernel_us_per_req"] is None  # no proxy process of its own
+    header, _rule, naive_line, direct_line = report.render_throughput(rows).splitlines()[:4]
+    columns = [cell.strip() for cell in header.split("|")]
+    kernel = columns.index("of it kernel")
+    assert columns[kernel - 1] == "CPU us/req"
+    assert [cell.strip() for cell in naive_line.split("|")][kernel - 1:kernel + 1] == ["140", "40"]
+    assert [cell.strip() for cell in direct_line.split("|")][kernel] == "-"
+
+
+def test_cpu_split_tells_the_kernel_s_time_from_the_process_s_own() -> None:
+    pid = os.getpid()
+    user, system = procs.cpu_split(pid)
+    deadline = time.monotonic() + 0.5
+    with open("/dev/zero", "rb", buffering=0) as zeros:
+        while time.monotonic() < deadline:  # the kernel fills 1 MiB per call: nearly all of it kernel time
+            zeros.read(1 << 20)
+    user_after, system_after = procs.cpu_split(pid)
+    assert system_after - system >= 0.1
+    assert system_after - system > user_after - user
+    assert procs.cpu_seconds(pid) == pytest.approx(user_after + system_after, abs=0.05)
 
 
 @pytest.mark.parametrize(("failed_open", "flagged"), [(0, False), (120, True)], ids=["all-decided", "failed-open"])
