@@ -1,5 +1,5 @@
 """The `kadai` command: `kadai up`, `kadai gateway`, `kadai check`, `kadai routes`, `kadai token`,
-`kadai service`, `kadai events`, `kadai demo`."""
+`kadai service`, `kadai service-credential`, `kadai events`, `kadai demo`."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     service.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     service.add_argument("--port", type=int, default=None, help="port to listen on (default: the service's own)")
 
+    credential = commands.add_parser(
+        "service-credential",
+        help="print a service's credential for user-service's service tokens (from $KADAI_SERVICE_SECRET)",
+    )
+    credential.add_argument("name", help="service name, e.g. order-service (or order)")
+
     events = commands.add_parser("events", help="inspect and repair event delivery")
     events_commands = events.add_subparsers(dest="events_command", required=True, metavar="COMMAND")
     dlq = events_commands.add_parser("dlq", help="list a service's dead-lettered events, or replay them")
@@ -80,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The services' processes; the gateway alone stays flat without it and keeps glibc's faster
         # default on its hot path (see gateway/runtime.py).
         pin_malloc_mmap_threshold()  # before the process has built much of its heap
-    if args.command in ("service", "events", "up", "demo"):
+    if args.command in ("service", "service-credential", "events", "up", "demo"):
         return _services(args)  # services read their own settings (AMQP_URL may be memory://)
     try:
         settings = load_settings()
@@ -143,6 +149,8 @@ def _services(args: argparse.Namespace) -> int:
         return demo.run(args.url)
     if args.command == "service":
         return commands.run_service(args.name, args.host, args.port)
+    if args.command == "service-credential":
+        return commands.print_service_credential(args.name)
     if args.dlq_action == "replay":
         return commands.replay_dead_letters(args.service, None if args.all else args.ids)
     return commands.list_dead_letters(args.service, args.limit, args.json)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TextIO, TypeVar
 
 import orjson
@@ -15,6 +16,7 @@ from gateway.logs import configure_logging
 from services import catalog
 from services.events.bus import DeadLetter
 from services.events.rabbit import NoDeadLetterQueue, RabbitBus
+from services.kit.credential import service_credential
 from services.kit.settings import ServiceSettings, load_service_settings
 
 
@@ -40,6 +42,23 @@ def run_service(name: str, host: str, port: int | None) -> int:
         return 2
     configure_logging(settings.platform.log_level, service.name)
     return server.run(service, settings, host, port or service.port)
+
+
+def print_service_credential(name: str, environ: Mapping[str, str] = os.environ, out: TextIO = sys.stdout) -> int:
+    """`kadai service-credential NAME`: the service's KADAI_SERVICE_CREDENTIAL, derived from the
+    KADAI_SERVICE_SECRET of this environment (the one user-service has). Only that variable is read: the
+    operator running it needs none of the service's other settings."""
+    try:
+        entry = catalog.entry(name)
+    except catalog.UnknownService as exc:
+        print(f"kadai service-credential: {exc}", file=sys.stderr)
+        return 2
+    secret = environ.get("KADAI_SERVICE_SECRET")
+    if not secret:
+        print("kadai service-credential: KADAI_SERVICE_SECRET is not set: credentials derive from it", file=sys.stderr)
+        return 2
+    print(service_credential(secret, entry.name), file=out)
+    return 0
 
 
 def _bus(name: str, command: str) -> RabbitBus | None:

@@ -6,10 +6,11 @@
 The token names this service (sub "service:<name>", role "service"), lives KADAI_SERVICE_TOKEN_TTL
 seconds and is reused until a quarter of its lifetime is left. A service that holds the platform key
 signs it itself; one that cannot (public-key verification without JWT_PRIVATE_KEY_FILE) fetches it from
-user-service, `POST {KADAI_TOKEN_URL}/service-tokens` with Basic <name>:<KADAI_SERVICE_SECRET>, one fetch
-at a time however many calls wait for it. Pass token=call.caller.token to act on the caller's behalf
-instead. A transport failure raises BadGateway (502) or GatewayTimeout (504), which a handler may catch
-or let become the caller's error envelope.
+user-service, `POST {KADAI_TOKEN_URL}/service-tokens` with Basic <name>:<its credential>
+(KADAI_SERVICE_CREDENTIAL, or derived from KADAI_SERVICE_SECRET: services/kit/credential.py), one fetch at
+a time however many calls wait for it. Pass token=call.caller.token to act on the caller's behalf instead.
+A transport failure raises BadGateway (502) or GatewayTimeout (504), which a handler may catch or let
+become the caller's error envelope.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ class ServiceClient:
     @property
     def fetches_tokens(self) -> bool:
         """This service cannot sign its service tokens and gets them from user-service (KADAI_TOKEN_URL)."""
-        return self.signer.unavailable is not None and bool(self.settings.token_url and self.settings.service_secret)
+        return self.signer.unavailable is not None and self.settings.fetches_tokens
 
     async def service_token(self) -> str:
         """This service's token: the one in hand until a quarter of its lifetime is left, then a new one,
@@ -150,10 +151,11 @@ class ServiceClient:
     async def _fetch_token(self) -> tuple[str, float, int]:
         """POST {KADAI_TOKEN_URL}/service-tokens with this service's credentials: (token, when it expires,
         its lifetime)."""
-        assert self.settings.token_url is not None and self.settings.service_secret is not None
+        credential = self.settings.credential_of(self.service)
+        assert self.settings.token_url is not None and credential is not None
         total = self.settings.call_timeout
         # Built here: aiohttp 3.14 deprecates BasicAuth, and its replacement is not in older releases.
-        credentials = base64.b64encode(f"{self.service}:{self.settings.service_secret}".encode()).decode()
+        credentials = base64.b64encode(f"{self.service}:{credential}".encode()).decode()
         sent_at = time.time()
         details: dict[str, object] = {"service": _ISSUER}
         try:
@@ -185,7 +187,7 @@ class ServiceClient:
         error = body.get("error") if isinstance(body, dict) else None
         log.warning(
             "user-service issued no service token"
-            + (": check KADAI_SERVICE_SECRET" if status == 401 else ""),
+            + (": check KADAI_SERVICE_CREDENTIAL or KADAI_SERVICE_SECRET" if status == 401 else ""),
             extra=log_fields(status=status, error=error),
         )
         raise ServiceTokenUnavailable(f"{_ISSUER} issued no service token", details=details)

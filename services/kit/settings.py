@@ -26,6 +26,7 @@ from gateway.config.settings import (
 )
 from gateway.units import parse_duration
 from services.catalog import CATALOG
+from services.kit.credential import CREDENTIAL_FORM, service_credential
 
 MEMORY_BUS_URL = "memory://"
 """AMQP_URL value that selects the in-process bus: no broker, events delivered inside the process."""
@@ -69,12 +70,18 @@ class ServiceSettings:
     """KADAI_SERVICE_TOKEN_TTL: lifetime of the tokens a service signs for its calls to other services
     (and of those user-service issues at POST /service-tokens)."""
     service_secret: str | None = field(default=None, repr=False)
-    """KADAI_SERVICE_SECRET: the platform's shared service secret. user-service issues a service token to
-    a catalogue service that presents it; a service that cannot sign sends it to KADAI_TOKEN_URL. Unset:
+    """KADAI_SERVICE_SECRET: the platform's service secret. user-service issues a service token to a
+    catalogue service that presents its credential derived from it (services/kit/credential.py); a
+    service that cannot sign and has no KADAI_SERVICE_CREDENTIAL derives its own from it. Unset:
     user-service issues none. At least 32 characters in production."""
+    service_credential: str | None = field(default=None, repr=False)
+    """KADAI_SERVICE_CREDENTIAL: this service's own credential (`kadai service-credential NAME`), sent
+    to KADAI_TOKEN_URL instead of one derived from KADAI_SERVICE_SECRET: with it, the service needs
+    not hold the platform secret, and its credential obtains tokens in its own name only."""
     token_url: str | None = None
     """KADAI_TOKEN_URL: user-service's base URL, where a service that cannot sign its own service tokens
-    (public-key verification without JWT_PRIVATE_KEY_FILE) fetches them. Needs KADAI_SERVICE_SECRET."""
+    (public-key verification without JWT_PRIVATE_KEY_FILE) fetches them. Needs KADAI_SERVICE_CREDENTIAL
+    or KADAI_SERVICE_SECRET."""
     call_timeout: float = 5.0
     """KADAI_SERVICE_CALL_TIMEOUT: default total timeout of a call to another service."""
     private_key_pem: bytes | None = field(default=None, repr=False)
@@ -106,6 +113,18 @@ class ServiceSettings:
             raise LookupError(f"unknown service {service!r} (not in services/catalog.py)")
         return f"http://127.0.0.1:{entry.port}"
 
+    @property
+    def fetches_tokens(self) -> bool:
+        """Whether service tokens can be asked of user-service: KADAI_TOKEN_URL and something to prove with."""
+        return bool(self.token_url and (self.service_credential or self.service_secret))
+
+    def credential_of(self, service: str) -> str | None:
+        """What `service` sends to POST /service-tokens: KADAI_SERVICE_CREDENTIAL, else its credential
+        derived from KADAI_SERVICE_SECRET; None with neither."""
+        if self.service_credential is not None:
+            return self.service_credential
+        return service_credential(self.service_secret, service) if self.service_secret is not None else None
+
     def public_view(self) -> dict[str, object]:
         """What may be shown in logs and status output."""
         return {
@@ -117,6 +136,7 @@ class ServiceSettings:
             "retryDelay": self.retry_delay,
             "signing": "private key" if self.private_key_pem else "JWT_SECRET",
             "serviceSecret": "set" if self.service_secret else "not set",
+            "serviceCredential": "set" if self.service_credential else "not set",
             "tokenUrl": mask_url(self.token_url) if self.token_url else None,
         }
 
@@ -183,7 +203,7 @@ def load_service_settings(environ: Mapping[str, str] | None = None) -> ServiceSe
         if problem := _http_problem(url):
             problems.append(f"{entry.url_variable}: {problem}")
         service_urls[entry.name] = url.rstrip("/")
-    service_secret, token_url = _service_credentials(env, platform, problems)
+    service_secret, service_credential, token_url = _service_credentials(env, platform, problems)
 
     settings = ServiceSettings(
         platform=platform,
@@ -205,6 +225,7 @@ def load_service_settings(environ: Mapping[str, str] | None = None) -> ServiceSe
         key_id=key_id,
         service_urls=service_urls,
         service_secret=service_secret,
+        service_credential=service_credential,
         token_url=token_url,
         environ=env,
     )
@@ -242,24 +263,32 @@ def _http_problem(url: str) -> str | None:
 
 
 SERVICE_SECRET_MIN_LENGTH = 32
-"""Shortest KADAI_SERVICE_SECRET production accepts: it alone obtains a token for any service."""
+"""Shortest KADAI_SERVICE_SECRET production accepts: it obtains a token for any service, and every
+service's credential derives from it."""
 
 
 def _service_credentials(
     env: Mapping[str, str], platform: Settings, problems: list[str]
-) -> tuple[str | None, str | None]:
-    """KADAI_SERVICE_SECRET and KADAI_TOKEN_URL; a problem never shows the secret."""
+) -> tuple[str | None, str | None, str | None]:
+    """KADAI_SERVICE_SECRET, KADAI_SERVICE_CREDENTIAL and KADAI_TOKEN_URL; a problem never shows a secret."""
     secret = env.get("KADAI_SERVICE_SECRET") or None
     if secret is not None and platform.production and len(secret) < SERVICE_SECRET_MIN_LENGTH:
         problems.append(f"KADAI_SERVICE_SECRET: use at least {SERVICE_SECRET_MIN_LENGTH} characters in production")
+    credential = env.get("KADAI_SERVICE_CREDENTIAL", "").strip() or None
+    if credential is not None and not CREDENTIAL_FORM.match(credential):
+        problems.append(
+            "KADAI_SERVICE_CREDENTIAL: expected the 64 hex digits `kadai service-credential NAME` prints"
+        )
     url = env.get("KADAI_TOKEN_URL", "").strip() or None
     if url is not None:
         if problem := _http_problem(url):
             problems.append(f"KADAI_TOKEN_URL: {problem}")
-        elif secret is None:
-            problems.append("KADAI_TOKEN_URL: set KADAI_SERVICE_SECRET too; user-service asks for it")
+        elif secret is None and credential is None:
+            problems.append(
+                "KADAI_TOKEN_URL: set KADAI_SERVICE_CREDENTIAL (or KADAI_SERVICE_SECRET) too; user-service asks for it"
+            )
         url = url.rstrip("/")
-    return secret, url
+    return secret, credential, url
 
 
 def signing_algorithm(key: object, allowed: tuple[str, ...]) -> str:

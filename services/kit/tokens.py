@@ -62,7 +62,7 @@ class TokenSigner:
             hmac = next((name for name in allowed if name.startswith("HS")), None)
             self.algorithm, self._key = hmac or "HS256", platform.jwt_secret
             if hmac is None or not platform.jwt_secret:
-                if settings.token_url and settings.service_secret:
+                if settings.fetches_tokens:
                     self.unavailable = (
                         "tokens are verified with public keys and JWT_PRIVATE_KEY_FILE is not set "
                         "(service tokens are fetched from KADAI_TOKEN_URL instead)"
@@ -70,7 +70,7 @@ class TokenSigner:
                 else:
                     self.unavailable = (
                         "tokens are verified with public keys: set JWT_PRIVATE_KEY_FILE to sign them, "
-                        "or KADAI_TOKEN_URL and KADAI_SERVICE_SECRET to fetch service tokens from user-service"
+                        "or KADAI_TOKEN_URL and KADAI_SERVICE_CREDENTIAL to fetch service tokens from user-service"
                     )
         self._dev_secret = self._key == DEV_JWT_SECRET
 

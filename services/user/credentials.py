@@ -1,5 +1,7 @@
-"""The client credentials of POST /service-tokens: `Authorization: Basic base64(<service-name>:<secret>)`,
-where the name is a catalogue service and the secret is the platform's KADAI_SERVICE_SECRET."""
+"""The client credentials of POST /service-tokens: `Authorization: Basic base64(<service-name>:<credential>)`,
+where the name is a catalogue service and the credential is that service's own, derived from the platform's
+KADAI_SERVICE_SECRET (services/kit/credential.py). The secret itself is still taken in place of any
+credential: whoever holds it can derive them all anyway."""
 from __future__ import annotations
 
 import base64
@@ -10,10 +12,11 @@ from collections.abc import Sequence
 
 from services.catalog import CATALOG
 from services.kit import Unauthorized
+from services.kit.credential import service_credential
 
 REALM = "kadai-services"
 CHALLENGE = f'Basic realm="{REALM}"'
-_EXPECTED = "Expected Authorization: Basic <service-name>:<secret>"
+_EXPECTED = "Expected Authorization: Basic <service-name>:<credential>"
 
 
 def _refused(message: str) -> Unauthorized:
@@ -26,9 +29,10 @@ def _digest(text: str) -> bytes:
 
 def authenticated_service(authorization: Sequence[str], secret: str) -> str:
     """The service the Authorization header values prove to be; Unauthorized (with the Basic challenge)
-    when there is none, it is malformed, the secret is wrong or the name is not a catalogue service."""
+    when there is none, it is malformed, the credential is neither the service's nor the secret, or the
+    name is not a catalogue service."""
     if not authorization:
-        raise _refused("Missing service credentials: send Authorization: Basic <service-name>:<secret>")
+        raise _refused("Missing service credentials: send Authorization: Basic <service-name>:<credential>")
     if len(authorization) > 1:
         raise _refused("Several Authorization headers")
     scheme, _, encoded = authorization[0].strip().partition(" ")
@@ -39,9 +43,11 @@ def authenticated_service(authorization: Sequence[str], secret: str) -> str:
     except (binascii.Error, UnicodeDecodeError):
         raise _refused(_EXPECTED) from None
     # Compared whatever the name, in constant time, as digests of one length: the answer tells nothing
-    # about how close a guess was, nor how long the secret is.
-    secret_matches = hmac.compare_digest(_digest(sent), _digest(secret))
-    if not (colon and secret_matches and name in CATALOG):
+    # about how close a guess was, nor how long the secret is. Both comparisons always run.
+    sent_digest = _digest(sent)
+    credential_matches = hmac.compare_digest(sent_digest, _digest(service_credential(secret, name)))
+    secret_matches = hmac.compare_digest(sent_digest, _digest(secret))
+    if not (colon and (credential_matches | secret_matches) and name in CATALOG):
         # One message for an unknown name and a wrong secret.
         raise _refused("Invalid service credentials")
     return name

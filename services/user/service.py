@@ -6,7 +6,7 @@
     GET   /users/profile            the caller
     PATCH /users/profile            change name, email, password (email and password need currentPassword)
     GET   /users/{userId}  admin, service
-    POST  /service-tokens  Basic <service>:<KADAI_SERVICE_SECRET>   {accessToken, tokenType, expiresIn};
+    POST  /service-tokens  Basic <service>:<credential>   {accessToken, tokenType, expiresIn};
                            401 bad credentials; 503 when KADAI_SERVICE_SECRET is unset or nothing can sign
 
 /service-tokens is for the services only: no gateway route reaches it (registry.yaml routes /api/v1/auth
@@ -191,8 +191,9 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
     "/service-tokens": {
         "post": {
             "description": "For services, not reachable through the gateway. Send "
-            "`Authorization: Basic base64(<service-name>:<KADAI_SERVICE_SECRET>)` with a catalogue service's "
-            'name; the token carries `sub: "service:<name>"`, `role: "service"` and lives '
+            "`Authorization: Basic base64(<service-name>:<credential>)` with a catalogue service's name and "
+            "its credential (`kadai service-credential NAME`, derived from KADAI_SERVICE_SECRET); "
+            'the token carries `sub: "service:<name>"`, `role: "service"` and lives '
             "KADAI_SERVICE_TOKEN_TTL seconds. A service that signs its own tokens never calls this.",
             "responses": {
                 "200": reply("The service token.", ServiceTokenOut),

@@ -1,6 +1,6 @@
-"""Service tokens from user-service (POST /service-tokens, client credentials with KADAI_SERVICE_SECRET)
-and the kit's client fetching them when its service cannot sign: real apps and a real `kadai service`
-process on loopback, real RSA keys and tokens."""
+"""Service tokens from user-service (POST /service-tokens, client credentials: a service's credential
+derived from KADAI_SERVICE_SECRET, or that secret) and the kit's client fetching them when its service
+cannot sign: real apps and a real `kadai service` process on loopback, real RSA keys and tokens."""
 from __future__ import annotations
 
 import asyncio
@@ -24,10 +24,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.auth import TokenVerifier
 from gateway.config.loader import load_registry
 from services.kit import ServiceSettings, load_service_settings
+from services.kit.credential import service_credential
 from services.kit.tokens import SigningUnavailable
 from services.user import SERVICE as USER_SERVICE
 from tests.integration.helpers import TIMESTAMP
-from tests.process.helpers import clean_env, json_lines, start_kadai_service, wait_until
+from tests.process.helpers import clean_env, json_lines, run_kadai, start_kadai_service, wait_until
 from tests.services import demo
 from tests.services.conftest import MakeSettings, Serve
 from tests.services.helpers import Served, bearer
@@ -71,6 +72,7 @@ def from_env(make_settings: MakeSettings, folder: str = "", **environ: str) -> S
         private_key_pem=loaded.private_key_pem,
         key_id=loaded.key_id,
         service_secret=loaded.service_secret,
+        service_credential=loaded.service_credential,
         token_url=loaded.token_url,
         service_token_ttl=loaded.service_token_ttl,
         service_urls=loaded.service_urls,
@@ -187,20 +189,44 @@ async def test_user_service_issues_a_service_token_the_platform_verifier_accepts
     assert_nothing_logged(caplog, SECRET, data["accessToken"])
 
 
+async def test_a_service_s_own_credential_gets_a_token_in_its_name(
+    serve: Serve, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = from_env(make_settings, KADAI_SERVICE_SECRET=SECRET)
+    users = await serve(USER_SERVICE, settings)
+    credential = service_credential(SECRET, "payment-service")
+
+    body = await issue(users, "payment-service", credential)
+
+    claims = await TokenVerifier(settings.platform).verify(body["data"]["accessToken"])
+    assert (claims.sub, claims.role) == ("service:payment-service", "service")
+    assert_nothing_logged(caplog, SECRET, credential, body["data"]["accessToken"])
+
+
 def _basic_raw(text: bytes) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(text).decode()}
 
 
 _REFUSED = [
-    ("missing", {}, "Missing service credentials: send Authorization: Basic <service-name>:<secret>"),
+    ("missing", {}, "Missing service credentials: send Authorization: Basic <service-name>:<credential>"),
     ("wrong-secret", basic("order-service", SECRET + "x"), "Invalid service credentials"),
+    (
+        "another-service-s-credential",
+        basic("order-service", service_credential(SECRET, "payment-service")),
+        "Invalid service credentials",
+    ),
+    (
+        "credential-of-another-secret",
+        basic("order-service", service_credential(SECRET + "x", "order-service")),
+        "Invalid service credentials",
+    ),
     ("empty-secret", basic("order-service", ""), "Invalid service credentials"),
     ("unknown-service", basic("billing-service"), "Invalid service credentials"),
     ("short-name", basic("order"), "Invalid service credentials"),
     ("no-colon", _basic_raw(b"order-service"), "Invalid service credentials"),
-    ("bearer", {"Authorization": "Bearer abc.def.ghi"}, "Expected Authorization: Basic <service-name>:<secret>"),
-    ("not-base64", {"Authorization": "Basic %%%"}, "Expected Authorization: Basic <service-name>:<secret>"),
-    ("not-utf8", _basic_raw(b"order-service:\xff"), "Expected Authorization: Basic <service-name>:<secret>"),
+    ("bearer", {"Authorization": "Bearer abc.def.ghi"}, "Expected Authorization: Basic <service-name>:<credential>"),
+    ("not-base64", {"Authorization": "Basic %%%"}, "Expected Authorization: Basic <service-name>:<credential>"),
+    ("not-utf8", _basic_raw(b"order-service:\xff"), "Expected Authorization: Basic <service-name>:<credential>"),
     (
         "two-headers",
         CIMultiDict([*basic("order-service").items(), *basic("order-service").items()]),
@@ -243,11 +269,18 @@ async def test_without_the_service_secret_or_a_signing_key_nothing_is_issued(
         assert body["error"] == message
 
 
+OWN_CREDENTIAL = {"KADAI_SERVICE_SECRET": "", "KADAI_SERVICE_CREDENTIAL": service_credential(SECRET, "order-service")}
+"""order-service given its own credential and not the platform secret."""
+
+
+@pytest.mark.parametrize("proof", [{}, OWN_CREDENTIAL], ids=["derived-from-the-secret", "own-credential-alone"])
 async def test_a_service_without_the_private_key_calls_another_with_a_token_from_user_service(
-    serve: Serve, make_settings: MakeSettings, rsa_keys: KeyPair, caplog: pytest.LogCaptureFixture
+    serve: Serve, make_settings: MakeSettings, rsa_keys: KeyPair, caplog: pytest.LogCaptureFixture,
+    proof: dict[str, str],
 ) -> None:
-    platform = await public_key_platform(serve, make_settings, rsa_keys)
+    platform = await public_key_platform(serve, make_settings, rsa_keys, **proof)
     assert platform.caller.runtime.signer.unavailable is not None  # it really cannot sign
+    assert (platform.caller.settings.service_secret is None) is bool(proof)
 
     first = await platform.ask("chain-1")
     second = await platform.ask("chain-2")
@@ -265,7 +298,7 @@ async def test_a_service_without_the_private_key_calls_another_with_a_token_from
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
     public_key: Any = serialization.load_pem_public_key(rsa_keys.public.read_bytes())
     assert jwt.decode(token, public_key, algorithms=["RS256"])["sub"] == "service:order-service"
-    assert_nothing_logged(caplog, SECRET, token)
+    assert_nothing_logged(caplog, SECRET, service_credential(SECRET, "order-service"), token)
 
 
 async def test_the_fetched_token_is_renewed_before_it_expires(
@@ -350,6 +383,11 @@ _WRONG_SECRET = "another-secret-of-forty-characters-xxxxx"
 _SECRETS = (_WRONG_SECRET,)
 _ISSUER_FAILURES = [
     ("wrong-secret", {"KADAI_SERVICE_SECRET": _WRONG_SECRET}, 401),
+    (
+        "another-service-s-credential",
+        {"KADAI_SERVICE_SECRET": "", "KADAI_SERVICE_CREDENTIAL": service_credential(SECRET, "payment-service")},
+        401,
+    ),
     ("issuer-down", {"KADAI_TOKEN_URL": "http://127.0.0.1:{dead_port}"}, None),
 ]
 
@@ -376,9 +414,9 @@ async def test_when_user_service_issues_no_token_the_call_is_a_502_naming_it(
     assert_error(body, 502, headers)
     assert body["details"] == {"service": "user-service", **({"status": issuer_status} if issuer_status else {})}
     warnings = [record.getMessage() for record in caplog.records if record.name == "services.client"]
-    expected = "user-service issued no service token: check KADAI_SERVICE_SECRET"
+    expected = "user-service issued no service token: check KADAI_SERVICE_CREDENTIAL or KADAI_SERVICE_SECRET"
     assert warnings == [expected if issuer_status else "user-service could not be reached for a service token"]
-    assert_nothing_logged(caplog, SECRET, *_SECRETS)
+    assert_nothing_logged(caplog, SECRET, *_SECRETS, *(value for value in environ.values() if len(value) == 64))
 
 
 async def test_without_a_key_or_a_token_url_the_call_fails_with_the_reason(
@@ -394,7 +432,7 @@ async def test_without_a_key_or_a_token_url_the_call_fails_with_the_reason(
     assert_error(body, 500, headers)
     [logged] = [record for record in caplog.records if record.name == "services.http"]
     assert logged.exc_info is not None and isinstance(logged.exc_info[1], SigningUnavailable)
-    assert "KADAI_TOKEN_URL and KADAI_SERVICE_SECRET" in str(logged.exc_info[1])
+    assert "KADAI_TOKEN_URL and KADAI_SERVICE_CREDENTIAL" in str(logged.exc_info[1])
     with pytest.raises(SigningUnavailable, match="set JWT_PRIVATE_KEY_FILE to sign them, or KADAI_TOKEN_URL"):
         await caller.runtime.client.service_token()
 
@@ -446,11 +484,16 @@ async def test_a_user_service_process_issues_tokens_and_logs_only_the_service_na
     serve: Serve, make_settings: MakeSettings, rsa_keys: KeyPair, running_user_service: tuple[str, Path]
 ) -> None:
     url, log_path = running_user_service
+    # As an operator hands order-service its own credential: printed from the secret user-service has.
+    printed = run_kadai(["service-credential", "order"], env=clean_env(KADAI_SERVICE_SECRET=SECRET))
+    assert printed.returncode == 0, printed.stderr
+    credential = printed.stdout.strip()
     verify = {"JWT_PUBLIC_KEY_FILE": str(rsa_keys.public)}
     callee = await serve(demo.publisher("product-service"), from_env(make_settings, **verify))
     caller_settings = from_env(
-        make_settings, **verify, KADAI_TOKEN_URL=url, KADAI_SERVICE_SECRET=SECRET, PRODUCT_SERVICE_URL=callee.url
+        make_settings, **verify, KADAI_TOKEN_URL=url, KADAI_SERVICE_CREDENTIAL=credential, PRODUCT_SERVICE_URL=callee.url
     )
+    assert caller_settings.service_secret is None
     caller = await serve(demo.publisher("order-service"), caller_settings)
     signer_settings = from_env(make_settings, **verify, JWT_PRIVATE_KEY_FILE=str(rsa_keys.private))
 
@@ -465,4 +508,4 @@ async def test_a_user_service_process_issues_tokens_and_logs_only_the_service_na
     assert (issued["service"], issued["client"], issued["expiresIn"]) == ("user-service", "order-service", 60)
     [started] = [line for line in json_lines(text) if "settings" in line]
     assert started["settings"]["serviceSecret"] == "set"
-    assert SECRET not in text and token not in text
+    assert SECRET not in text and credential not in text and token not in text

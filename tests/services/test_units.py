@@ -2,6 +2,7 @@
 declarations, tokens, password hashes, the catalogue."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import jwt
@@ -12,11 +13,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gateway.auth import Claims, TokenRejected, TokenVerifier
 from gateway.config.errors import ConfigError
 from services import catalog
+from services.catalog import CATALOG
+from services.commands import print_service_credential
 from services.events.event import Event, MalformedEvent
 from services.events.memory import topic_matches
 from services.events.types import SPEC_TYPES, check_type
 from services.kit import Migration, Routes, Service
 from services.kit.db import check_migrations, split_statements
+from services.kit.credential import CREDENTIAL_FORM, service_credential
 from services.kit.identity import Caller
 from services.kit.settings import MEMORY_BUS_URL, ServiceSettings, load_service_settings
 from services.kit.tokens import SigningUnavailable, TokenSigner
@@ -139,7 +143,12 @@ _BAD_ENV = [
     (
         "token-url-without-secret",
         {"KADAI_TOKEN_URL": "http://users:3001"},
-        "KADAI_TOKEN_URL: set KADAI_SERVICE_SECRET too",
+        "KADAI_TOKEN_URL: set KADAI_SERVICE_CREDENTIAL (or KADAI_SERVICE_SECRET) too",
+    ),
+    (
+        "credential-form",
+        {"KADAI_SERVICE_CREDENTIAL": "not-a-derived-credential"},
+        "KADAI_SERVICE_CREDENTIAL: expected the 64 hex digits `kadai service-credential NAME` prints",
     ),
 ]
 
@@ -174,6 +183,43 @@ def test_service_credentials_are_read_and_the_secret_is_never_shown() -> None:
     with pytest.raises(ConfigError) as caught:
         load_service_settings({**production, "KADAI_SERVICE_SECRET": "tiny-secret-value"})
     assert "tiny-secret-value" not in str(caught.value)
+
+
+def test_a_service_credential_is_read_never_shown_and_sent_in_place_of_the_secret() -> None:
+    credential = service_credential("the-platform-secret", "order-service")
+    settings = load_service_settings(
+        {"KADAI_SERVICE_CREDENTIAL": f" {credential} ", "KADAI_TOKEN_URL": "http://users.internal:3001"}
+    )
+    assert (settings.service_credential, settings.service_secret) == (credential, None)
+    assert settings.fetches_tokens
+    assert credential not in repr(settings) and credential not in str(settings.public_view())
+    assert settings.public_view()["serviceCredential"] == "set"
+    assert settings.credential_of("order-service") == credential
+    # Given the secret instead, a service sends its own credential derived from it, never the secret.
+    shared = load_service_settings({"KADAI_SERVICE_SECRET": "the-platform-secret"})
+    assert shared.credential_of("order-service") == credential
+    assert shared.credential_of("payment-service") not in (credential, "the-platform-secret")
+    assert not shared.fetches_tokens  # no KADAI_TOKEN_URL
+    assert load_service_settings({}).credential_of("order-service") is None
+
+
+def test_a_credential_belongs_to_one_service_and_one_secret() -> None:
+    # Fixed: credentials handed out to deployments must not change with a release. The value is what
+    # `printf 'kadai-service-credential:order-service' | openssl dgst -sha256 -hmac <secret>` prints.
+    assert service_credential("s" * 32, "order-service") == (
+        "7d224db45fd124b2c0346148148e2ac5f6893036c36218cd1ae01d2699e9334e"
+    )
+    credentials = {service_credential(secret, name) for secret in ("s" * 32, "t" * 32) for name in CATALOG}
+    assert len(credentials) == 2 * len(CATALOG)
+    assert all(CREDENTIAL_FORM.match(credential) for credential in credentials)
+
+
+def test_the_credential_command_prints_a_service_s_credential_from_the_secret() -> None:
+    out = io.StringIO()
+    assert print_service_credential("order", {"KADAI_SERVICE_SECRET": "s" * 32}, out) == 0
+    assert out.getvalue() == service_credential("s" * 32, "order-service") + "\n"
+    assert print_service_credential("order-service", {}, io.StringIO()) == 2
+    assert print_service_credential("billing-service", {"KADAI_SERVICE_SECRET": "s" * 32}, io.StringIO()) == 2
 
 
 def test_other_services_can_be_pointed_elsewhere() -> None:
