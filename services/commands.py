@@ -44,10 +44,11 @@ def run_service(name: str, host: str, port: int | None) -> int:
     return server.run(service, settings, host, port or service.port)
 
 
-def print_service_credential(name: str, environ: Mapping[str, str] = os.environ, out: TextIO = sys.stdout) -> int:
+def print_service_credential(name: str, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     """`kadai service-credential NAME`: the service's KADAI_SERVICE_CREDENTIAL, derived from the
     KADAI_SERVICE_SECRET of this environment (the one user-service has). Only that variable is read: the
     operator running it needs none of the service's other settings."""
+    environ = os.environ if environ is None else environ
     try:
         entry = catalog.entry(name)
     except catalog.UnknownService as exc:
@@ -57,7 +58,7 @@ def print_service_credential(name: str, environ: Mapping[str, str] = os.environ,
     if not secret:
         print("kadai service-credential: KADAI_SERVICE_SECRET is not set: credentials derive from it", file=sys.stderr)
         return 2
-    print(service_credential(secret, entry.name), file=out)
+    print(service_credential(secret, entry.name), file=out or sys.stdout)
     return 0
 
 
@@ -98,8 +99,10 @@ def _on_broker(bus: RabbitBus, command: str, work: Coroutine[Any, Any, T]) -> T 
     return None
 
 
-def list_dead_letters(name: str, limit: int, as_json: bool, out: TextIO = sys.stdout) -> int:
+def list_dead_letters(name: str, limit: int, as_json: bool, out: TextIO | None = None) -> int:
     """`kadai events dlq SERVICE`: the dead letters with their error and attempt count, left in place."""
+    # sys.stdout as it is when called (a default argument would keep the one of the import).
+    out = out or sys.stdout
     bus = _bus(name, "events dlq")
     if bus is None:
         return 2
@@ -116,8 +119,9 @@ def list_dead_letters(name: str, limit: int, as_json: bool, out: TextIO = sys.st
     return 0
 
 
-def replay_dead_letters(name: str, event_ids: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
+def replay_dead_letters(name: str, event_ids: Sequence[str] | None, out: TextIO | None = None) -> int:
     """`kadai events dlq SERVICE replay --id ID | --all`: back to the service's queue, with fresh attempts."""
+    out = out or sys.stdout
     bus = _bus(name, "events dlq replay")
     if bus is None:
         return 2
