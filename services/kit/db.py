@@ -185,8 +185,23 @@ class Transaction:
         )
 
 
+_UNREADABLE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+REOPEN_INTERVAL = 1.0
+"""Seconds between two attempts to replace a connection that found the file unreadable."""
+
+
+def _unreadable(exc: BaseException) -> bool:
+    """SQLite found the file corrupt or not a database at all (a failing disk, a bad copy)."""
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in _UNREADABLE
+
+
 class Database:
-    """The service's SQLite file. open() connects and migrates; close() at shutdown."""
+    """The service's SQLite file. open() connects and migrates; close() at shutdown.
+
+    A connection that found the file unreadable keeps its view of it after the file is repaired (until
+    some other connection writes to the file), so it is replaced on its next use: a repaired file serves
+    again without a restart. At most once a REOPEN_INTERVAL per connection while the file stays broken.
+    """
 
     def __init__(self, path: Path, service: str, publishes: Collection[str] = (), busy_timeout: float = 5.0) -> None:
         self.path = path
@@ -198,27 +213,73 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._stale: dict[str, float] = {}
+        """"reader" or "writer" -> when it may be replaced: the connections that found the file unreadable."""
+        self._replaced_at: dict[str, float] = {}
+        """When each connection was last replaced (or an attempt began), on the loop's clock."""
+        self._reopening = asyncio.Lock()
 
     async def open(self, migrations: Sequence[Migration] = ()) -> None:
         """Connect (creating the file and its directory) and apply the kit's then the service's migrations."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await _run(self._writer, "PRAGMA journal_mode=WAL")
-        self._reader = await self._connect()
-        await _run(self._reader, "PRAGMA query_only=ON")
+        self._writer = await self._connect("PRAGMA journal_mode=WAL")
+        self._reader = await self._connect_reader()
         await self._migrate("kit", KIT_MIGRATIONS)
         await self._migrate("service", migrations)
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect(self, *pragmas: str) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions; transaction() issues BEGIN IMMEDIATE itself.
         conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
         conn.row_factory = sqlite3.Row
-        await _run(conn, "PRAGMA foreign_keys=ON")
-        await _run(conn, f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        # A bounded page cache per connection (SQLite's default is 2 MiB): every service holds two, and
-        # the operating system caches the file anyway.
-        await _run(conn, f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
+        try:
+            await _run(conn, "PRAGMA foreign_keys=ON")
+            await _run(conn, f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            # A bounded page cache per connection (SQLite's default is 2 MiB): every service holds two, and
+            # the operating system caches the file anyway.
+            await _run(conn, f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
+            for pragma in pragmas:
+                await _run(conn, pragma)
+        except BaseException:
+            await asyncio.shield(conn.close())  # its worker thread must not outlive the failed attempt
+            raise
         return conn
+
+    async def _connect_reader(self) -> aiosqlite.Connection:
+        return await self._connect("PRAGMA query_only=ON")
+
+    def _failed(self, role: str, exc: BaseException) -> None:
+        """Note a connection to replace when exc says it found the file unreadable."""
+        if _unreadable(exc) and role not in self._stale:
+            # At once the first time; a replacement that fails again waits out the interval.
+            self._stale[role] = self._replaced_at.get(role, -REOPEN_INTERVAL) + REOPEN_INTERVAL
+
+    async def _replace_if_stale(self, role: str) -> None:
+        """Put a fresh connection in place of one that found the file unreadable, when one is due."""
+        due = self._stale.get(role)
+        if due is None:  # the usual case: nothing more to do on every query
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < due:
+            return
+        async with self._reopening:
+            if self._stale.get(role) != due:  # another caller replaced it meanwhile
+                return
+            now = self._replaced_at[role] = loop.time()
+            self._stale[role] = now + REOPEN_INTERVAL  # while the file stays unreadable
+            fresh = await (self._connect_reader() if role == "reader" else self._connect("PRAGMA journal_mode=WAL"))
+            old = self._reader if role == "reader" else self._writer
+            if role == "reader":
+                self._reader = fresh
+            else:
+                self._writer = fresh
+            del self._stale[role]
+            log.warning(
+                "database connection replaced after the file was found unreadable",
+                extra=log_fields(service=self.service, connection=role),
+            )
+            if old is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await old.close()
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
@@ -238,6 +299,7 @@ class Database:
         if _holding.get():
             raise RuntimeError("transaction() inside a transaction of the same task would wait for itself")
         async with self._lock:
+            await self._replace_if_stale("writer")
             token = _holding.set(True)
             tx = Transaction(self)
             try:
@@ -247,8 +309,14 @@ class Database:
                 yield tx
                 await tx._write_outbox()
                 await asyncio.shield(tx._conn.commit())
-            except BaseException:
-                await asyncio.shield(tx._conn.rollback())
+            except BaseException as exc:
+                self._failed("writer", exc)
+                try:
+                    await asyncio.shield(tx._conn.rollback())
+                except sqlite3.DatabaseError as rollback_failed:
+                    self._failed("writer", rollback_failed)
+                    if not _unreadable(rollback_failed):
+                        raise
                 raise
             finally:
                 _holding.reset(token)
@@ -265,7 +333,12 @@ class Database:
         # Executed and read to the end in one job of the reader's thread: a cursor left open between two
         # awaits would hold the connection's read snapshot, and a concurrent read on the same connection
         # would not see rows committed since.
-        return list(await self._reader_conn().execute_fetchall(sql, params))
+        await self._replace_if_stale("reader")
+        try:
+            return list(await self._reader_conn().execute_fetchall(sql, params))
+        except sqlite3.DatabaseError as exc:
+            self._failed("reader", exc)
+            raise
 
     def _reader_conn(self) -> aiosqlite.Connection:
         if self._reader is None:

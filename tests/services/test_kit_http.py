@@ -18,6 +18,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.config.settings import Settings
 from services.kit import Call, Routes, Service, ServiceSettings
+from services.kit.db import REOPEN_INTERVAL
 from services.kit.tokens import TokenSigner
 from tests.integration.helpers import GENERATED_ID, TIMESTAMP
 from tests.process.helpers import connect_refused, wait_until
@@ -287,12 +288,9 @@ def corrupt_header(database: Path) -> bytes:
 
 
 def restore_header(database: Path, original: bytes) -> None:
+    """Put the header back as a repair would: the file alone, nobody else writes to it."""
     with database.open("r+b") as file:
         file.write(original)
-    # A connection that met the bad header reads the file again once another one has written to it.
-    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as conn:
-        conn.execute("CREATE TABLE repaired (at TEXT)")
-        conn.execute("DROP TABLE repaired")
 
 
 async def test_health_is_503_down_while_the_database_fails_and_up_again_after(
@@ -310,6 +308,7 @@ async def test_health_is_503_down_while_the_database_fails_and_up_again_after(
         things, _, _ = await fetch("GET", service.url + "/things", headers=bearer(settings))
     finally:
         restore_header(database, original)
+    await asyncio.sleep(REOPEN_INTERVAL)  # connections that failed are replaced at most this often
     recovered, after, _ = await fetch("GET", service.url + "/health")
 
     assert code == 503
@@ -321,6 +320,36 @@ async def test_health_is_503_down_while_the_database_fails_and_up_again_after(
     assert report["checks"]["outbox"] == {"status": "unknown"}
     assert things == 500  # what health reported: the service cannot read its data
     assert (recovered, after["data"]["status"], after["data"]["checks"]["database"]) == (200, "ok", {"status": "up"})
+
+
+async def test_after_the_file_is_repaired_reads_and_writes_work_again_without_a_restart(
+    serve: Serve, make_settings: MakeSettings
+) -> None:
+    settings = make_settings()
+    service = await serve(demo.publisher(), settings)
+    headers = bearer(settings)
+    await fetch("POST", service.url + "/things", headers=headers, json={"name": "cup", "quantity": 1})
+    await wait_until(lambda: _outbox_empty(service), 5, "the relay")
+    database = settings.database_path(service.runtime.name)
+
+    original = corrupt_header(database)
+    try:
+        read_while_broken, _, _ = await fetch("GET", service.url + "/things", headers=headers)
+        write_while_broken, _, _ = await fetch(
+            "POST", service.url + "/things", headers=headers, json={"name": "lamp", "quantity": 2}
+        )
+    finally:
+        restore_header(database, original)
+    await asyncio.sleep(REOPEN_INTERVAL)
+    written, created, _ = await fetch(
+        "POST", service.url + "/things", headers=headers, json={"name": "vase", "quantity": 3}
+    )
+    read, listed, _ = await fetch("GET", service.url + "/things", headers=headers)
+
+    assert (read_while_broken, write_while_broken) == (500, 500)
+    assert written == 201, created
+    assert read == 200, listed
+    assert [thing["name"] for thing in listed["data"]] == ["cup", "vase"]
 
 
 async def _outbox_empty(service: Served) -> bool:
