@@ -34,7 +34,8 @@ def summarize(targets: Sequence[Target], baseline: str | None = "naive") -> list
         row: dict[str, Any] = {"target": t.name, "rps_median": statistics.median(rps), "rps_min": min(rps),
                                "rps_max": max(rps), "peak_rss_mib": t.peak_rss_mib,
                                "x_naive": statistics.median(rps) / base_rps if base_rps else None}
-        keys = ("p50_ms", "p99_ms", "cpu_us_per_req", "kernel_us_per_req", "core_busy", "redis_us_per_req", "redis_calls_per_req")
+        keys = ("p50_ms", "p99_ms", "cpu_us_per_req", "kernel_us_per_req", "core_busy", "redis_us_per_req",
+                "redis_calls_per_req")
         row.update({key: med(t, key) for key in keys})
         row.update({key: sum(int(run[key]) for run in t.runs) for key in ("non_2xx", "socket_errors")})
         if t.redis:
@@ -76,8 +77,8 @@ def render_throughput(rows: Sequence[dict[str, Any]]) -> str:
     if idle:
         notes.append(f"note: cores less than 90% busy: {', '.join(idle)}. Such a proxy waited on wrk or the upstream, "
                      "or other processes took its core: its req/s understates it.")
-    header = ["target", "req/s median (min-max)", "p50 ms", "p99 ms", "CPU us/req", "of it kernel", "peak RSS MiB", "x naive",
-              "errors"]
+    header = ["target", "req/s median (min-max)", "p50 ms", "p99 ms", "CPU us/req", "of it kernel", "peak RSS MiB",
+              "x naive", "errors"]
     return "\n".join([table(header, body), *notes])
 
 

@@ -491,7 +491,11 @@ async def test_a_user_service_process_issues_tokens_and_logs_only_the_service_na
     verify = {"JWT_PUBLIC_KEY_FILE": str(rsa_keys.public)}
     callee = await serve(demo.publisher("product-service"), from_env(make_settings, **verify))
     caller_settings = from_env(
-        make_settings, **verify, KADAI_TOKEN_URL=url, KADAI_SERVICE_CREDENTIAL=credential, PRODUCT_SERVICE_URL=callee.url
+        make_settings,
+        **verify,
+        KADAI_TOKEN_URL=url,
+        KADAI_SERVICE_CREDENTIAL=credential,
+        PRODUCT_SERVICE_URL=callee.url,
     )
     assert caller_settings.service_secret is None
     caller = await serve(demo.publisher("order-service"), caller_settings)
