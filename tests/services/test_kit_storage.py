@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import aiohttp
@@ -192,3 +193,30 @@ async def test_both_connections_keep_a_bounded_page_cache(tmp_path: Path) -> Non
             assert [tuple(row) for row in await conn.execute_fetchall("PRAGMA cache_size")] == [(-PAGE_CACHE_KIB,)]
     finally:
         await db.close()
+
+
+async def test_a_transaction_cancelled_while_it_commits_stays_cancelled_and_committed(tmp_path: Path) -> None:
+    db = await open_db(tmp_path / "db.sqlite3", [M1])
+    writer = db._writer_conn()
+    inside = asyncio.Event()
+
+    async def write() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO notes (text) VALUES ('kept')")
+            # The commit is queued behind this in the writer's thread: the cancel lands while it waits.
+            asyncio.ensure_future(writer._execute(time.sleep, 0.3))
+            inside.set()
+
+    task = asyncio.create_task(write())
+    await inside.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # cancelled, not some error of a rollback that came after the commit
+
+    assert task.cancelled()
+    assert [row[0] for row in await db.fetchall("SELECT text FROM notes")] == ["kept"]
+    async with db.transaction() as tx:  # the connection is left usable, outside any transaction
+        await tx.execute("INSERT INTO notes (text) VALUES ('next')")
+    assert [row[0] for row in await db.fetchall("SELECT text FROM notes ORDER BY id")] == ["kept", "next"]
+    await db.close()
