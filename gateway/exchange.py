@@ -49,6 +49,7 @@ class Exchange:
         "response_header_overrides",
         "terminal",
         "instance",
+        "attempt_started",
         "pinned",
         "held",
         "tried",
@@ -85,6 +86,8 @@ class Exchange:
         self.terminal: Handler | None = None
         self.instance: Instance | None = None
         """The instance the last upstream attempt went to (for the log)."""
+        self.attempt_started = 0.0
+        """perf_counter() time the last upstream attempt began (its duration, for the instance's figures)."""
         self.pinned: Instance | None = None
         """The instance the next attempt must use, chosen by the breaker; None lets the forwarder pick."""
         self.held: Instance | None = None

@@ -100,7 +100,7 @@ class Forwarder:
             exchange.on_finish(self._finish)
         exchange.instance = instance
         instance.in_flight += 1
-        started = time.perf_counter()
+        started = exchange.attempt_started = time.perf_counter()
         try:
             if instance.origin is not None:
                 response: Upstream = await self._pooled(exchange, instance, body)

@@ -236,16 +236,21 @@ class RetryMiddleware(Middleware):
         assert outcome is not None
         # A retry may not outlive the overall deadline: its total timeout ends there (504 when it does).
         exchange.deadline = exchange.started + self.deadline
-        if exchange.instance is not None:  # the next attempt goes to another instance when there is one
-            exchange.tried = (*(exchange.tried or ()), exchange.instance)
+        instance = exchange.instance
         if outcome.failed:
             cause = exchange.upstream_fault or "error"
+            status = getattr(outcome.exception(), "status", 502)
         else:
             reply: Reply = outcome.result()
-            cause = "status"
+            cause, status = "status", reply.status
             if reply.upstream is not None:
                 reply.upstream.close()
             exchange.release_instance()
+        if instance is not None:
+            # The next attempt goes to another instance when there is one. This one's answer is replaced,
+            # but it is still what the instance did: its figures on the dashboard count it.
+            exchange.tried = (*(exchange.tried or ()), instance)
+            instance.window.record(status, time.perf_counter() - exchange.attempt_started)
         if exchange.upstream_fault is not None:
             self.metrics.upstream_errors.labels(exchange.service, exchange.upstream_fault).inc()
         exchange.upstream_fault = None

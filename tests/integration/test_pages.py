@@ -680,6 +680,25 @@ async def test_dashboard_data_counts_requests_and_5xx_on_the_instance_that_answe
     assert shown_figures(items[users.url])["errors"] == "0.0%"
 
 
+async def test_an_attempt_a_retry_replaced_counts_on_the_instance_that_answered_it(
+    make: Make, users: UserService, start_upstream: StartUpstream
+) -> None:
+    failing = await start_failing(start_upstream, 503)
+    client, _ = await make({"user-service": service([failing, users.url], "/api/v1/users", retry={"backoff": "1ms"})})
+    for _ in range(4):  # each first attempt goes to the failing one (the retry's pick moves the round robin
+        assert (await client.get("/api/v1/users/ok")).status == 200  # past users), each retry to users
+
+    data = await dashboard_data(client)
+
+    user = data["services"][0]
+    broken, healthy = user["instances"]
+    assert (broken["url"], healthy["url"]) == (failing, users.url)
+    assert (broken["requests"], broken["errors"]) == (4, 4)  # the 503s the clients never saw
+    assert (healthy["requests"], healthy["errors"]) == (4, 0)
+    assert broken["p99Ms"] is not None
+    assert (user["requests"], user["errors"]) == (4, 0)  # the service: what the clients got
+
+
 async def test_an_instance_without_requests_shows_no_p99(make: Make, users: UserService) -> None:
     client, _ = await make({"user-service": service([users.url], "/api/v1/users")})
 
