@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mappi
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 from pydantic import BaseModel
@@ -185,6 +185,8 @@ class Transaction:
         )
 
 
+Role = Literal["reader", "writer"]
+"""Which of a Database's two connections."""
 _UNREADABLE = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 REOPEN_INTERVAL = 1.0
 """Seconds between two attempts to replace a connection that found the file unreadable."""
@@ -213,9 +215,9 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._stale: dict[str, float] = {}
-        """"reader" or "writer" -> when it may be replaced: the connections that found the file unreadable."""
-        self._replaced_at: dict[str, float] = {}
+        self._stale: dict[Role, float] = {}
+        """The connections that found the file unreadable, and when each may be replaced."""
+        self._replaced_at: dict[Role, float] = {}
         """When each connection was last replaced (or an attempt began), on the loop's clock."""
         self._reopening = asyncio.Lock()
 
@@ -247,13 +249,13 @@ class Database:
     async def _connect_reader(self) -> aiosqlite.Connection:
         return await self._connect("PRAGMA query_only=ON")
 
-    def _failed(self, role: str, exc: BaseException) -> None:
+    def _failed(self, role: Role, exc: BaseException) -> None:
         """Note a connection to replace when exc says it found the file unreadable."""
         if _unreadable(exc) and role not in self._stale:
             # At once the first time; a replacement that fails again waits out the interval.
             self._stale[role] = self._replaced_at.get(role, -REOPEN_INTERVAL) + REOPEN_INTERVAL
 
-    async def _replace_if_stale(self, role: str) -> None:
+    async def _replace_if_stale(self, role: Role) -> None:
         """Put a fresh connection in place of one that found the file unreadable, when one is due."""
         due = self._stale.get(role)
         if due is None:  # the usual case: nothing more to do on every query
