@@ -215,16 +215,16 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._stale: dict[Role, float] = {}
-        """The connections that found the file unreadable, and when each may be replaced."""
-        self._replaced_at: dict[Role, float] = {}
-        """When each connection was last replaced (or an attempt began), on the loop's clock."""
+        self._stale: set[Role] = set()
+        """The connections that found the file unreadable: replaced on their next use."""
+        self._reopen_after: dict[Role, float] = {}
+        """Loop time before which a connection is not replaced again (one attempt per REOPEN_INTERVAL)."""
         self._reopening = asyncio.Lock()
 
     async def open(self, migrations: Sequence[Migration] = ()) -> None:
         """Connect (creating the file and its directory) and apply the kit's then the service's migrations."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect("PRAGMA journal_mode=WAL")
+        self._writer = await self._connect_writer()
         self._reader = await self._connect_reader()
         await self._migrate("kit", KIT_MIGRATIONS)
         await self._migrate("service", migrations)
@@ -246,35 +246,31 @@ class Database:
             raise
         return conn
 
+    async def _connect_writer(self) -> aiosqlite.Connection:
+        return await self._connect("PRAGMA journal_mode=WAL")
+
     async def _connect_reader(self) -> aiosqlite.Connection:
         return await self._connect("PRAGMA query_only=ON")
 
     def _failed(self, role: Role, exc: BaseException) -> None:
         """Note a connection to replace when exc says it found the file unreadable."""
-        if _unreadable(exc) and role not in self._stale:
-            # At once the first time; a replacement that fails again waits out the interval.
-            self._stale[role] = self._replaced_at.get(role, -REOPEN_INTERVAL) + REOPEN_INTERVAL
+        if _unreadable(exc):
+            self._stale.add(role)
 
     async def _replace_if_stale(self, role: Role) -> None:
         """Put a fresh connection in place of one that found the file unreadable, when one is due."""
-        due = self._stale.get(role)
-        if due is None:  # the usual case: nothing more to do on every query
+        if role not in self._stale:  # the usual case: nothing more to do on every query
             return
         loop = asyncio.get_running_loop()
-        if loop.time() < due:
-            return
         async with self._reopening:
-            if self._stale.get(role) != due:  # another caller replaced it meanwhile
-                return
-            now = self._replaced_at[role] = loop.time()
-            self._stale[role] = now + REOPEN_INTERVAL  # while the file stays unreadable
-            fresh = await (self._connect_reader() if role == "reader" else self._connect("PRAGMA journal_mode=WAL"))
-            old = self._reader if role == "reader" else self._writer
+            if role not in self._stale or loop.time() < self._reopen_after.get(role, 0.0):
+                return  # another caller replaced it meanwhile, or the last attempt was too recent
+            self._reopen_after[role] = loop.time() + REOPEN_INTERVAL
             if role == "reader":
-                self._reader = fresh
+                old, self._reader = self._reader, await self._connect_reader()
             else:
-                self._writer = fresh
-            del self._stale[role]
+                old, self._writer = self._writer, await self._connect_writer()
+            self._stale.discard(role)
             log.warning(
                 "database connection replaced after the file was found unreadable",
                 extra=log_fields(service=self.service, connection=role),
