@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
+from tests.support import free_port
 from tests.upstream.conftest import StartRaw, read_request
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_refused_port_is_a_connect_error(pool: UpstreamPool) -> None:
