@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -15,50 +14,9 @@ from typing import Any
 
 import yaml
 
+from ops.bench.procs import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-LISTEN_PORTS_FLOOR = 10_000
-_handed_out: set[int] = set()
-
-
-def listen_ports(ephemeral_range: str) -> range:
-    """The ports free_port() hands out: those below the kernel's ephemeral range (empty when it starts low).
-
-    A port from bind(0) lies inside that range, so any outgoing connection on the machine (the process
-    under test's own, to Redis or RabbitMQ) can take it as its source port before the process listens."""
-    try:
-        ephemeral_low = int(ephemeral_range.split()[0])
-    except (ValueError, IndexError):
-        return range(0)
-    return range(LISTEN_PORTS_FLOOR, max(LISTEN_PORTS_FLOOR, ephemeral_low))
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on, for a server a test starts, not handed out before in this run."""
-    try:
-        candidates = listen_ports(EPHEMERAL_RANGE.read_text())
-    except OSError:
-        candidates = range(0)
-    pick = random.SystemRandom()
-    for _ in range(200 if candidates else 0):
-        port = pick.choice(candidates)
-        if port not in _handed_out and bindable(port):
-            _handed_out.add(port)
-            return port
-    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's choice, race and all
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def write_registry(path: Path, services: Mapping[str, Any], **top: Any) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import re
 import signal
 import socket
@@ -16,12 +17,47 @@ from collections.abc import Mapping
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LISTEN_PORTS_FLOOR = 10_000
+_handed_out: set[int] = set()
+
+
+def listen_ports(ephemeral_range: str) -> range:
+    """The ports free_port() hands out: those below the kernel's ephemeral range (empty when it starts low).
+
+    A port from bind(0) lies inside that range, so any outgoing connection on the machine (the started
+    process's own, to Redis or RabbitMQ) can take it as its source port before the process listens."""
+    try:
+        ephemeral_low = int(ephemeral_range.split()[0])
+    except (ValueError, IndexError):
+        return range(0)
+    return range(LISTEN_PORTS_FLOOR, max(LISTEN_PORTS_FLOOR, ephemeral_low))
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, for a server about to start; never the same twice in a process."""
+    try:
+        candidates = listen_ports(EPHEMERAL_RANGE.read_text())
+    except OSError:
+        candidates = range(0)
+    pick = random.SystemRandom()
+    for _ in range(200 if candidates else 0):
+        port = pick.choice(candidates)
+        if port not in _handed_out and bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's choice, race and all
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def spawn(cmd: list[str], cpus: str, log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:

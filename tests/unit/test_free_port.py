@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from tests.support import EPHEMERAL_RANGE, LISTEN_PORTS_FLOOR, free_port, listen_ports
+from ops.bench.procs import EPHEMERAL_RANGE, LISTEN_PORTS_FLOOR, free_port, listen_ports
 
 
 def test_listen_ports_lie_below_the_ephemeral_range() -> None:
