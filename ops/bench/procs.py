@@ -52,6 +52,7 @@ def free_port() -> int:
 
 
 def bindable(port: int) -> bool:
+    """Whether nothing holds the loopback port: no listener, no bound socket."""
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from services.catalog import CATALOG
 from tests.process.helpers import clean_env, json_lines, run_kadai, sigterm_and_wait, start_kadai_service, wait_until
-from tests.support import REPO, free_port
+from tests.support import REPO, bindable, free_port
 
 
 @pytest.mark.slow
@@ -80,20 +79,11 @@ def test_dead_letters_need_a_broker() -> None:
     assert "the in-process bus keeps dead letters inside the running service" in result.stderr
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def catalogue_port(name: str) -> list[str]:
     """No --port (the catalogue's port) when that port is free. A developer's own platform may hold it:
     then a free port, except under CI, where the start on the catalogue port is what is tested."""
     port = CATALOG[name].port
-    if port_free(port):
+    if bindable(port):
         return []
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"port {port} ({name}'s default) is in use: `kadai service {name}` cannot be tested on it")
