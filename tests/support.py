@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ops.bench.procs import bindable, free_port
+from ops.bench.procs import bindable, free_port  # ports below the ephemeral range: see free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -40,9 +40,7 @@ def free_port() -> int:
         candidates = listen_ports(EPHEMERAL_RANGE.read_text())
     except OSError:
         candidates = range(0)
-    pick = random.SystemRandom()
-    for _ in range(200 if candidates else 0):
-        port = pick.choice(candidates)
+    for port in random.SystemRandom().sample(candidates, min(200, len(candidates))):
         if port not in _handed_out and bindable(port):
             _handed_out.add(port)
             return port
